@@ -1,3 +1,61 @@
-"""hf_embfuse: fuse the input embeddings of several pretrained models into one learnable table."""
+"""hf_embfuse: fuse the input embeddings of several pretrained models into one learnable table.
+
+Importing the package registers the `embfuse` model type with `AutoConfig` and every `AutoModel*`
+class the wrappers provide, and marks each wrapper for `register_for_auto_class`, so that
+`save_pretrained` writes the two code files and an `auto_map` naming every wrapper.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .configuration_embfuse import FORMAT_VERSION, EmbFuseConfig
+from .modeling_embfuse import (
+    EmbFuseForCausalLM,
+    EmbFuseForMaskedLM,
+    EmbFuseForSequenceClassification,
+    EmbFuseForTokenClassification,
+    EmbFuseModel,
+    EmbFusePreTrainedModel,
+    MultiSourceEmbedding,
+    SourceSpec,
+)
 
 __version__ = "0.1.0"
+
+_AUTO_CLASSES = {
+    EmbFuseModel: AutoModel,
+    EmbFuseForSequenceClassification: AutoModelForSequenceClassification,
+    EmbFuseForTokenClassification: AutoModelForTokenClassification,
+    EmbFuseForMaskedLM: AutoModelForMaskedLM,
+    EmbFuseForCausalLM: AutoModelForCausalLM,
+}
+
+
+def _register() -> None:
+    AutoConfig.register(EmbFuseConfig.model_type, EmbFuseConfig, exist_ok=True)
+    EmbFuseConfig.register_for_auto_class()
+    for model_class, auto_class in _AUTO_CLASSES.items():
+        auto_class.register(EmbFuseConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class.__name__)
+
+
+_register()
+
+__all__ = [
+    "FORMAT_VERSION",
+    "EmbFuseConfig",
+    "EmbFuseForCausalLM",
+    "EmbFuseForMaskedLM",
+    "EmbFuseForSequenceClassification",
+    "EmbFuseForTokenClassification",
+    "EmbFuseModel",
+    "EmbFusePreTrainedModel",
+    "MultiSourceEmbedding",
+    "SourceSpec",
+]

@@ -198,7 +198,7 @@ class MultiSourceEmbedding(nn.Module):
         """`(N, K, d)` fp32: every source's row for each id, mapped into the base space."""
         vectors = [F.embedding(ids, self.weight, self.padding_idx).float()]
         with torch.autocast(device_type=ids.device.type, enabled=False):
-            for table, projection in zip(self.source_tables, self.projections):
+            for table, projection in zip(self.source_tables, self.projections, strict=True):
                 vectors.append(projection(F.embedding(ids, table).float()))
         return torch.stack(vectors, dim=1)
 

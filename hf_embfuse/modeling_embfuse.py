@@ -399,7 +399,7 @@ class EmbFusePreTrainedModel(PreTrainedModel):
         embedding.resize_rows(new_num_tokens)
         if output is not None and not tied:
             self.set_output_embeddings(
-                self._inner._get_resized_lm_head(output, new_num_tokens, mean_resizing)
+                self._inner._get_resized_lm_head(output, new_num_tokens, mean_resizing=mean_resizing)
             )
         self.config.base_config.get_text_config().vocab_size = new_num_tokens
         self.tie_weights()

@@ -7,8 +7,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
-pytest_plugins = []
+pytest_plugins = ["tests.fixtures_models"]

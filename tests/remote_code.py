@@ -1,0 +1,64 @@
+"""Load saved checkpoints in a fresh Python process that cannot import hf_embfuse.
+
+The child runs from an empty working directory, with the repository removed from `sys.path` and
+`hf_embfuse` blocked in `sys.modules`, offline, so only the code files saved beside the weights can
+make the load work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+CHILD = r"""
+import json, os, sys
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != REPO]
+sys.modules["hf_embfuse"] = None  # any `import hf_embfuse` now raises ImportError
+import torch, transformers
+from safetensors.torch import save_file
+requests = json.loads(sys.argv[1])
+outputs = {}
+for index, (folder, auto_class, inputs_file) in enumerate(requests):
+    model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+    assert "hf_embfuse" not in type(model).__module__, type(model).__module__
+    x = torch.load(inputs_file)
+    with torch.no_grad():
+        out = model(input_ids=x)
+    outputs[f"out{index}"] = (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).contiguous()
+save_file(outputs, sys.argv[2])
+"""
+
+
+def load_in_fresh_process(
+    requests: list[tuple[Path, str, torch.Tensor]], workdir: Path, env: dict | None = None
+):
+    """Run `AutoX.from_pretrained(folder, trust_remote_code=True)(input_ids)` in a clean child; return outputs."""
+    from safetensors.torch import load_file
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    encoded = []
+    for index, (folder, auto_class, input_ids) in enumerate(requests):
+        inputs_file = workdir / f"inputs{index}.pt"
+        torch.save(input_ids, inputs_file)
+        encoded.append((str(folder), auto_class, str(inputs_file)))
+    repo = str(Path(__file__).resolve().parents[1])
+    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
+    result_file = workdir / "outputs.safetensors"
+    code = f"REPO = {repo!r}\n" + CHILD
+    process = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(encoded), str(result_file)],
+        cwd=workdir,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if process.returncode != 0:
+        raise AssertionError(f"child process failed:\n{process.stderr[-4000:]}")
+    loaded = load_file(result_file)
+    return [loaded[f"out{index}"] for index in range(len(requests))]

@@ -267,5 +267,5 @@ def test_config_with_identity_projection_at_other_width_is_refused():
     fused = tiny_fused("bert")
     config = EmbFuseConfig.from_dict(fused.config.to_dict())
     config.sources[1]["projection"] = "identity"  # width 16 into a 32-wide base
-    with pytest.raises(ValueError, match="projection is 'identity'. Use projection='linear'"):
+    with pytest.raises(ValueError, match=r"projection is 'identity'\. Use projection='linear'"):
         hf_embfuse.EmbFuseModel(config)

@@ -106,10 +106,6 @@ def transport_table(
 
     device = source_table.device
     out = torch.zeros(rows, base_table.shape[1], dtype=torch.float32, device=device)
-    stats = TransportStats(row_ids.numel(), n_anchors, k_eff, float("nan"), float("nan"))
-    if row_ids.numel() == 0:
-        logger.warning("Transport: the source covers no rows; the result is all zeros.")
-        return (out, stats) if return_stats else out
 
     source = source_table.detach().float()
     covered_rows = source[row_ids.to(device)]
@@ -144,8 +140,10 @@ def transport_table(
         top1_sum += float(top_sims[:, 0].sum())
         eff_sum += float((1.0 / (weights**2).sum(dim=1)).sum())
 
-    stats.mean_top1_cosine = top1_sum / row_ids.numel()
-    stats.mean_effective_neighbours = eff_sum / row_ids.numel()
+    # Anchors are covered rows, so there is at least one row here.
+    stats = TransportStats(
+        row_ids.numel(), n_anchors, k_eff, top1_sum / row_ids.numel(), eff_sum / row_ids.numel()
+    )
     logger.info(
         "Transported %d rows from %d anchors (k=%d, temperature=%g): mean top-1 cosine %.3f, "
         "%.2f effective neighbours.",

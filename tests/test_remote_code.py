@@ -9,7 +9,7 @@ import torch
 
 import hf_embfuse
 from tests.fixtures_models import VOCAB, tiny_fused
-from tests.remote_code import load_in_fresh_process
+from hf_embfuse.verify import load_in_fresh_process
 
 SHIPPED = ["configuration_embfuse.py", "modeling_embfuse.py"]
 CASES = [
@@ -47,7 +47,7 @@ def test_child_really_cannot_import_hf_embfuse(tmp_path):
     fused.save_pretrained(tmp_path / "model")
     for name in SHIPPED:
         (tmp_path / "model" / name).unlink()
-    with pytest.raises(AssertionError, match="child process failed"):
+    with pytest.raises(RuntimeError, match="child process failed"):
         load_in_fresh_process([(tmp_path / "model", "AutoModel", torch.tensor([[5]]))], tmp_path / "child")
 
 

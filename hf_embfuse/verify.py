@@ -1,8 +1,8 @@
-"""Load saved checkpoints in a fresh Python process that cannot import hf_embfuse.
+"""Prove a checkpoint stands alone: load it in a fresh Python process that cannot import hf_embfuse.
 
-The child runs from an empty working directory, with the repository removed from `sys.path` and
+The child runs from an empty working directory, with the source checkout removed from `sys.path` and
 `hf_embfuse` blocked in `sys.modules`, offline, so only the code files saved beside the weights can
-make the load work.
+make the load work. Used by the tests and by `make demo`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,6 @@ def load_in_fresh_process(
         timeout=300,
     )
     if process.returncode != 0:
-        raise AssertionError(f"child process failed:\n{process.stderr[-4000:]}")
+        raise RuntimeError(f"child process failed:\n{process.stderr[-4000:]}")
     loaded = load_file(result_file)
     return [loaded[f"out{index}"] for index in range(len(requests))]

@@ -1,0 +1,258 @@
+"""`fuse`: read sources, align them to the base vocabulary, map them into the base space, wrap the base."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .alignment import AlignedSource, AlignmentReport, align_source
+from .atomic import atomic_output_dir
+from .modeling_embfuse import (
+    EmbFuseForCausalLM,
+    EmbFuseForMaskedLM,
+    EmbFuseForSequenceClassification,
+    EmbFuseForTokenClassification,
+    EmbFuseModel,
+    EmbFusePreTrainedModel,
+    SourceSpec,
+)
+from .projection import anchor_mask, fit_linear_map, transport_table
+from .recipe import Recipe, SourceRecipe
+from .sources import SourceTable, read_source
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, type[EmbFusePreTrainedModel]] = {
+    "base": EmbFuseModel,
+    "sequence-classification": EmbFuseForSequenceClassification,
+    "token-classification": EmbFuseForTokenClassification,
+    "masked-lm": EmbFuseForMaskedLM,
+    "causal-lm": EmbFuseForCausalLM,
+}
+REPORT_FILE = "embfuse_report.json"
+
+
+@dataclass
+class SourceReport:
+    """How one source was read, aligned and mapped into the base space."""
+
+    name: str
+    kind: str
+    width: int
+    alignment: AlignmentReport
+    projection: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "width": self.width,
+            "alignment": self.alignment.to_dict(),
+            "projection": self.projection,
+        }
+
+
+@dataclass
+class FuseResult:
+    """What `fuse` returns: the ready model, the base tokenizer (unchanged) and a report per source."""
+
+    model: EmbFusePreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    reports: list[SourceReport]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write model, tokenizer and `embfuse_report.json` into `folder`."""
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        report = {"sources": [r.to_dict() for r in self.reports]}
+        (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def fuse(
+    base: str | PreTrainedModel,
+    sources: list[str | dict[str, Any] | SourceRecipe],
+    *,
+    task: str = "base",
+    mixing: str = "learned",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    num_labels: int | None = None,
+    base_weight: float = 0.5,
+    show_progress: bool = False,
+    **options: Any,
+) -> FuseResult:
+    """Build an EmbFuse model from a base model and any number of sources.
+
+    Args:
+        base: the base model's folder or Hub id, or a loaded model of the task's class.
+        sources: each a path / Hub id, or a mapping with the fields of a recipe source (`path`,
+            `projection` = `"transport"` | `"linear"` | `"identity"`, `weight`, `kind`, `revision`, ...).
+        task: `"base"`, `"sequence-classification"`, `"token-classification"`, `"masked-lm"`, `"causal-lm"`.
+        mixing: `"fixed"`, `"learned"` or `"gated"`.
+        tokenizer: the base tokenizer; loaded from `base` when it is a path.
+        num_labels: for classification tasks.
+        base_weight: initial mixing weight of the base's own table; the sources share the rest.
+        show_progress: progress bars while reading and aligning.
+        **options: the other recipe fields (`mixing_temperature`, `regularizer`, `reg_lambda`,
+            `train_sources`, `train_projections`, `source_dtype`, `seed`).
+
+    Returns:
+        A `FuseResult` with the model, the tokenizer and one `SourceReport` per source.
+    """
+    base_path = base if isinstance(base, str) else (base.name_or_path or "base")
+    recipe = Recipe(
+        base=base_path,
+        task=task,
+        num_labels=num_labels,
+        sources=[_as_source_recipe(s) for s in sources],
+        mixing=mixing,
+        base_weight=base_weight,
+        **options,
+    )
+    return fuse_recipe(
+        recipe,
+        base_model=None if isinstance(base, str) else base,
+        tokenizer=tokenizer,
+        show_progress=show_progress,
+    )
+
+
+def _as_source_recipe(source: str | dict[str, Any] | SourceRecipe) -> SourceRecipe:
+    if isinstance(source, SourceRecipe):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return SourceRecipe(path=str(source))
+    return SourceRecipe(**source)
+
+
+def fuse_recipe(
+    recipe: Recipe,
+    *,
+    base_model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    show_progress: bool = False,
+) -> FuseResult:
+    """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs)."""
+    torch.manual_seed(recipe.seed)
+    model_class = TASKS[recipe.task]
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(recipe.base)
+    if base_model is None:
+        from .modeling_embfuse import _TASK_AUTO_CLASSES
+
+        kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
+        base_model = _TASK_AUTO_CLASSES[model_class.__name__].from_pretrained(recipe.base, **kwargs)
+    base_table = base_model.get_input_embeddings().weight.detach().float()
+    num_rows = base_table.shape[0]
+    special = torch.zeros(num_rows, dtype=torch.bool)
+    special[[i for i in tokenizer.all_special_ids if i < num_rows]] = True
+
+    specs, reports = [], []
+    for source in _progress(recipe.sources, "reading and aligning sources", show_progress):
+        table = read_source(
+            source.path,
+            kind=source.kind,
+            revision=source.revision,
+            allow_pickle=source.allow_pickle,
+            trust_remote_code=source.trust_remote_code,
+            vocab_path=source.vocab_path,
+        )
+        if source.name:
+            table.name = source.name
+        aligned = align_source(
+            tokenizer,
+            table,
+            num_rows=num_rows,
+            decompose=source.decompose,
+            allow_low_coverage=source.allow_low_coverage,
+            show_progress=show_progress,
+        )
+        spec, projection_report = _project(source, table, aligned, base_table, special, recipe.seed)
+        specs.append(spec)
+        reports.append(SourceReport(table.name, table.kind, table.width, aligned.report, projection_report))
+        logger.info("%s", aligned.report)
+
+    model = model_class.from_base(
+        base_model,
+        specs,
+        mixing=recipe.mixing,
+        fixed_weights=recipe.initial_weights(),
+        mixing_temperature=recipe.mixing_temperature,
+        regularizer=recipe.regularizer,
+        reg_lambda=recipe.reg_lambda,
+        train_sources=recipe.train_sources,
+        train_projections=recipe.train_projections,
+        source_dtype=recipe.source_dtype,
+        base_model_name_or_path=recipe.base,
+    )
+    return FuseResult(model, tokenizer, reports)
+
+
+def _project(
+    source: SourceRecipe,
+    table: SourceTable,
+    aligned: AlignedSource,
+    base_table: torch.Tensor,
+    special: torch.Tensor,
+    seed: int,
+) -> tuple[SourceSpec, dict[str, Any]]:
+    """Map the aligned rows into the base space as the recipe asks; return the spec and what was measured."""
+    anchors = anchor_mask(aligned.coverage, exclude=special)
+    info = {
+        "name": table.name,
+        "kind": table.kind,
+        "revision": table.revision,
+        "source_width": table.width,
+        "alignment": aligned.report.to_dict(),
+    }
+    if source.projection == "identity":
+        return SourceSpec(aligned.table, aligned.coverage, projection="identity", info=info), {"method": "identity"}
+    linear = fit_linear_map(aligned.table, base_table, anchors, seed=seed)
+    fit = {"method": linear.method, "anchors": linear.n_anchors, "heldout_cosine": linear.heldout_cosine}
+    if source.projection == "linear":
+        info["projection_fit"] = fit
+        spec = SourceSpec(
+            aligned.table,
+            aligned.coverage,
+            projection="linear",
+            projection_weight=linear.weight,
+            projection_bias=linear.bias,
+            info=info,
+        )
+        return spec, fit
+    transported = transport_table(
+        aligned.table,
+        aligned.coverage,
+        base_table,
+        anchors,
+        k=source.transport_k,
+        temperature=source.transport_temperature,
+    )
+    report = {"method": "transport", "k": source.transport_k, "temperature": source.transport_temperature}
+    report["linear_heldout_cosine"] = fit["heldout_cosine"]  # for comparison: how far a linear map gets
+    info["projection_fit"] = report
+    return SourceSpec(transported, aligned.coverage, projection="identity", info=info), report
+
+
+def build_to_folder(
+    recipe: Recipe, out_dir: str | os.PathLike, *, overwrite: bool = False, show_progress: bool = False
+) -> FuseResult:
+    """Build from `recipe` and write model, tokenizer and report into `out_dir`, all or nothing."""
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        result = fuse_recipe(recipe, show_progress=show_progress)
+        result.save_pretrained(staging)
+    return result
+
+
+def _progress(items: list, description: str, enabled: bool) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="source")

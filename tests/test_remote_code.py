@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import hf_embfuse
-from tests.fixtures_models import VOCAB, tiny_fused
 from hf_embfuse.verify import load_in_fresh_process
+from tests.fixtures_models import VOCAB, tiny_fused
 
 SHIPPED = ["configuration_embfuse.py", "modeling_embfuse.py"]
 CASES = [

@@ -47,6 +47,26 @@ def _register() -> None:
 
 _register()
 
+# Heavier entry points load on first use, so `import hf_embfuse` (needed to register) stays light.
+_LAZY = {
+    "fuse": ("build", "fuse"),
+    "FuseResult": ("build", "FuseResult"),
+    "align_source": ("alignment", "align_source"),
+    "read_source": ("sources", "read_source"),
+    "bake": ("bake", "bake"),
+    "load_recipe": ("recipe", "load_recipe"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+    raise AttributeError(f"module 'hf_embfuse' has no attribute {name!r}")
+
+
 __all__ = [
     "FORMAT_VERSION",
     "EmbFuseConfig",
@@ -56,6 +76,12 @@ __all__ = [
     "EmbFuseForTokenClassification",
     "EmbFuseModel",
     "EmbFusePreTrainedModel",
+    "FuseResult",
     "MultiSourceEmbedding",
     "SourceSpec",
+    "align_source",
+    "bake",
+    "fuse",
+    "load_recipe",
+    "read_source",
 ]

@@ -1,0 +1,198 @@
+"""Parsers for static word-vector files: GloVe/word2vec/fastText text, and word2vec binary.
+
+Text files are parsed in bulk: the lines are split once, the words cut off with one C-level
+`partition` per line, and all numbers parsed by numpy's C reader in a single call. Only when that
+call fails does a per-line pass run, to say which line is wrong and why.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SourceError
+
+_INT = re.compile(rb"^\d+$")
+# word2vec binary records are gathered in slices of about this many bytes.
+_GATHER_BYTES = 8 << 20
+
+
+def parse_header(line: bytes) -> tuple[int, int] | None:
+    """`(count, dim)` when `line` is a word2vec/fastText header, else `None`."""
+    fields = line.split()
+    if len(fields) == 2 and all(_INT.match(f) for f in fields):
+        return int(fields[0]), int(fields[1])
+    return None
+
+
+def parse_text_vectors(
+    data: bytes, *, has_header: bool, name: str, max_words: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Parse whitespace-separated `word v1 ... vd` lines (GloVe; word2vec/fastText text after a header).
+
+    Args:
+        data: the file's bytes.
+        has_header: the first line is `count dim` (word2vec/fastText text).
+        name: the file, for error messages.
+        max_words: parse only the first this many vectors (the header's count is then not checked).
+
+    Returns:
+        The words, and a float32 `(n, d)` array.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r\n" in data:
+        data = data.replace(b"\r\n", b"\n")
+    lines = data.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    first_line = 1
+    dim = None
+    if has_header:
+        header = parse_header(lines[0]) if lines else None
+        if header is None:
+            raise SourceError(
+                f"{name}: line 1 should be a 'count dim' header; pass fmt='glove' if it has none."
+            )
+        count, dim = header
+        lines = lines[1:]
+        first_line = 2
+        if max_words is None and count != len(lines):
+            raise SourceError(
+                f"{name}: the header says {count} vectors but the file has {len(lines)}; fix the header's count "
+                "(or the file is truncated)."
+            )
+    if max_words is not None:
+        lines = lines[:max_words]
+    if not lines:
+        raise SourceError(f"{name} holds no vectors.")
+    parts = [line.partition(b" ") for line in lines]
+    raw_words = [p[0] for p in parts]
+    rests = [p[2] for p in parts]
+    if dim is None:
+        dim = len(rests[0].split())
+    try:
+        values = np.loadtxt(rests, dtype=np.float32, comments=None, ndmin=2, quotechar=None)
+        ok = values.shape == (len(rests), dim)
+    except ValueError:
+        ok = False
+    if not ok:
+        raw_words, rests = _fix_or_explain(raw_words, rests, dim, name, first_line)
+        values = np.loadtxt(rests, dtype=np.float32, comments=None, ndmin=2, quotechar=None)
+    return decode_words(raw_words, name, first_line), values
+
+
+def _fix_or_explain(
+    raw_words: list[bytes], rests: list[bytes], dim: int, name: str, first_line: int
+) -> tuple[list[bytes], list[bytes]]:
+    """Per-line check after bulk parsing failed: repair words that contain spaces, else name the bad line.
+
+    Some published files (GloVe 840B) have words with spaces: such a line has more than `dim`
+    fields, and its last `dim` are the vector.
+    """
+    raw_words, rests = list(raw_words), list(rests)
+    for i, rest in enumerate(rests):
+        fields = rest.split()
+        if (
+            len(fields) > dim
+            and _all_numbers(fields[-dim:])
+            and not _all_numbers(fields[: len(fields) - dim])
+        ):
+            raw_words[i] = b" ".join([raw_words[i], *fields[: len(fields) - dim]])
+            rests[i] = b" ".join(fields[-dim:])
+            continue
+        if len(fields) != dim:
+            raise SourceError(
+                f"{name}, line {first_line + i}: {len(fields)} values where {dim} are expected "
+                f"(word {raw_words[i][:40]!r}). Fix or remove that line."
+            )
+        if not _all_numbers(fields):
+            bad = next(f for f in fields if not _all_numbers([f]))
+            raise SourceError(
+                f"{name}, line {first_line + i}: {bad[:40]!r} is not a number. Fix or remove that line."
+            )
+    return raw_words, rests
+
+
+def _all_numbers(fields: list[bytes]) -> bool:
+    try:
+        for f in fields:
+            float(f)
+    except ValueError:
+        return False
+    return True
+
+
+def decode_words(raw_words: list[bytes], name: str, first_line: int = 1, unit: str = "line") -> list[str]:
+    """Decode UTF-8 words, naming the first line (or entry) that is not valid UTF-8."""
+    try:
+        return [w.decode("utf-8") for w in raw_words]
+    except UnicodeDecodeError:
+        for i, w in enumerate(raw_words):
+            try:
+                w.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(
+                    f"{name}, {unit} {first_line + i}: the word {w[:40]!r} is not valid UTF-8 ({e.reason}). "
+                    "Re-encode the file as UTF-8."
+                ) from None
+        raise
+
+
+def parse_word2vec_binary(path: Path, *, max_words: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Parse the word2vec binary format: a `count dim` line, then per word `word<space>` + dim float32 (LE).
+
+    Args:
+        path: the file.
+        max_words: parse only the first this many vectors (the header's count is then not checked).
+    """
+    name = str(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        newline = buf.find(b"\n", 0, 256)
+        header = parse_header(buf[:newline]) if newline > 0 else None
+        if header is None:
+            raise SourceError(
+                f"{name}: a word2vec binary file starts with a 'count dim' line; this one does not."
+            )
+        count, dim = header
+        n = count if max_words is None else min(count, max_words)
+        record = 4 * dim
+        size = len(buf)
+        offsets = np.empty(n, dtype=np.int64)
+        raw_words: list[bytes] = []
+        pos = newline + 1
+        for i in range(n):
+            # Writers put a newline after each vector (word2vec.c, gensim); skip it before the next word.
+            while pos < size and buf[pos] in (10, 13):
+                pos += 1
+            space = buf.find(b" ", pos, pos + 4096)
+            if space < 0 or space + 1 + record > size:
+                raise SourceError(
+                    f"{name}: the header says {count} vectors but the file ends after {i}; fix the header's count "
+                    "(or the file is truncated)."
+                )
+            raw_words.append(buf[pos:space])
+            offsets[i] = space + 1
+            pos = space + 1 + record
+        if max_words is None and buf[pos:].strip():
+            raise SourceError(
+                f"{name}: the header says {count} vectors but the file holds more data after them; fix the header's count."
+            )
+        values = _gather_records(np.frombuffer(buf, dtype=np.uint8), offsets, record)
+    return decode_words(raw_words, name, first_line=1, unit="entry"), values.view("<f4").reshape(
+        n, dim
+    ).astype(np.float32, copy=False)
+
+
+def _gather_records(raw: np.ndarray, offsets: np.ndarray, record: int) -> np.ndarray:
+    """Copy `record` bytes at each offset into one `(n, record)` array, in bounded slices."""
+    out = np.empty((len(offsets), record), dtype=np.uint8)
+    step = max(1, _GATHER_BYTES // max(record, 1))
+    columns = np.arange(record, dtype=np.int64)
+    for start in range(0, len(offsets), step):
+        chunk = offsets[start : start + step]
+        out[start : start + len(chunk)] = raw[chunk[:, None] + columns]
+    return out

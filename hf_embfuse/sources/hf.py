@@ -1,0 +1,164 @@
+"""Read the input-embedding table (and tokenizer) of a Hugging Face checkpoint, nothing else."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from ._checkpoint import ResolvedCheckpoint, WeightFiles, find_weight_files, resolve_checkpoint
+from ._keys import ArchitectureHint, architecture_hint, match_key, well_known_key
+from ._tensor_io import load_pickle_state_dict, read_safetensors_tensor, to_float32_copy
+from .errors import SourceError
+from .table import SourceTable
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+def read_hf_source(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    tensor_key: str | None = None,
+    trust_remote_code: bool = False,
+) -> SourceTable:
+    """Read only the input-embedding table of a Hugging Face checkpoint, plus its tokenizer.
+
+    The table's key is found by building the architecture on the meta device and asking it
+    (`get_input_embeddings()`), with well-known names as the fallback. Only the file holding that
+    tensor is opened (or downloaded, for Hub sources), and only that tensor's bytes are read.
+
+    Args:
+        name_or_path: a local checkpoint folder, one weights file in it, or a Hub repo id.
+        revision: branch, tag or commit for Hub sources; the commit it resolves to is recorded.
+        allow_pickle: also read `.bin`/`.pt` weights (via `torch.load(weights_only=True)`).
+        tensor_key: the checkpoint key of the table, when automatic location is not wanted.
+        trust_remote_code: allow the checkpoint's own Python code to build its tokenizer/architecture.
+            Off by default; only passed on to transformers when set.
+
+    Returns:
+        A `SourceTable` of kind `"hf"` with a float32 `(V, d)` weight. Some architectures scale the
+        table in their forward pass (e.g. Gemma's `*ScaledWordEmbedding`); `metadata["embedding_class"]`
+        says which module held it.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist (and is not a Hub repo id).
+        SourceError: no weights, no embedding tensor, pickle weights without `allow_pickle`, a
+            tokenizer that cannot be loaded or needs `trust_remote_code`.
+    """
+    ckpt = resolve_checkpoint(name_or_path, revision)
+    files = find_weight_files(ckpt, allow_pickle=allow_pickle)
+    config = _load_config(ckpt, trust_remote_code)
+    hint = architecture_hint(config, trust_remote_code=trust_remote_code) if config is not None else None
+    key, located_by = _locate(ckpt, files, hint, tensor_key)
+    filename = files.weight_map[key]
+    if files.fmt == "safetensors":
+        weight, dtype = read_safetensors_tensor(ckpt.fetch(filename), key)
+    else:
+        state = files.loaded.pop(filename, None) or load_pickle_state_dict(ckpt.fetch(filename))
+        dtype = str(state[key].dtype).removeprefix("torch.")
+        weight = to_float32_copy(state[key])
+        del state
+        files.loaded.clear()
+    if weight.ndim != 2:
+        raise SourceError(
+            f"Tensor {key!r} of {ckpt.name!r} has shape {tuple(weight.shape)}, not (vocab, width); "
+            "pass tensor_key= naming the input-embedding table."
+        )
+    if hint is not None and tuple(weight.shape) != hint.shape:
+        logger.info(
+            "%s: %s has shape %s, the config says %s.", ckpt.name, key, tuple(weight.shape), hint.shape
+        )
+    tokenizer = load_tokenizer(ckpt, trust_remote_code=trust_remote_code)
+    if len(tokenizer) > weight.shape[0]:
+        logger.warning(
+            "%s: the tokenizer has %d tokens but the table only %d rows; ids past the table have no vector.",
+            ckpt.name,
+            len(tokenizer),
+            weight.shape[0],
+        )
+    metadata = {
+        "format": files.fmt,
+        "file": filename,
+        "tensor_key": key,
+        "dtype": dtype,
+        "located_by": located_by,
+        "model_type": getattr(config, "model_type", None),
+        "tokenizer_class": type(tokenizer).__name__,
+        "tokenizer_size": len(tokenizer),
+        **(hint.details if hint is not None else {}),
+    }
+    return SourceTable(
+        name=ckpt.name,
+        kind="hf",
+        weight=weight,
+        tokenizer=tokenizer,
+        revision=ckpt.revision,
+        metadata=metadata,
+    )
+
+
+def _locate(
+    ckpt: ResolvedCheckpoint, files: WeightFiles, hint: ArchitectureHint | None, tensor_key: str | None
+) -> tuple[str, str]:
+    keys = files.weight_map.keys()
+    if tensor_key is not None:
+        if tensor_key not in files.weight_map:
+            close = difflib.get_close_matches(tensor_key, list(keys), n=3)
+            raise SourceError(
+                f"{ckpt.name!r} has no tensor {tensor_key!r}" + (f"; did you mean {close}?" if close else ".")
+            )
+        return tensor_key, "tensor_key"
+    if hint is not None:
+        key = match_key(hint, keys)
+        if key is not None:
+            return key, "architecture"
+    key = well_known_key(keys)
+    if key is not None:
+        return key, "name"
+    looked = (hint.names if hint is not None else []) + [
+        "well-known names (word_embeddings, embed_tokens, wte...)"
+    ]
+    raise SourceError(
+        f"No input-embedding tensor found in {ckpt.name!r} among its {len(keys)} tensors (looked for {looked}). "
+        "Pass tensor_key= naming it."
+    )
+
+
+def _load_config(ckpt: ResolvedCheckpoint, trust_remote_code: bool) -> PretrainedConfig | None:
+    if not (ckpt.folder / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        return AutoConfig.from_pretrained(str(ckpt.folder), **kwargs)
+    except Exception as e:  # unknown model type, custom code not trusted...: fall back on names
+        logger.info("%s: config.json not usable here (%s); matching well-known tensor names.", ckpt.name, e)
+        return None
+
+
+def load_tokenizer(ckpt: ResolvedCheckpoint, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load the checkpoint's tokenizer, running its custom code only when `trust_remote_code` is set."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        return AutoTokenizer.from_pretrained(str(ckpt.folder), **kwargs)
+    except (
+        Exception
+    ) as e:  # transformers raises OSError/ValueError/KeyError/TypeError here depending on the file
+        if "trust_remote_code" in str(e):
+            raise SourceError(
+                f"The tokenizer of {ckpt.name!r} needs custom code shipped with the checkpoint. Review that code, then "
+                "pass trust_remote_code=True to run it."
+            ) from None
+        raise SourceError(
+            f"Could not load the tokenizer of {ckpt.name!r} ({type(e).__name__}: {e}). The checkpoint needs its "
+            "tokenizer files (tokenizer.json, or tokenizer_config.json with its vocabulary files) next to the weights."
+        ) from None

@@ -109,3 +109,17 @@ def test_bad_input_is_named(toy, change, kwargs, message):
         base = base[:5]
     with pytest.raises(ValueError, match=message):
         transport_table(source, coverage, base, anchors, **kwargs)
+
+
+def test_centring_removes_a_shared_offset_before_taking_cosines():
+    # A large common direction makes every raw cosine near 1 (weights near uniform); centring it away
+    # lets the row's real nearest anchor (row 0) take the weight. One-hot base rows expose the weights.
+    residuals = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.9, 0.1]])
+    source = residuals + 10.0
+    base = torch.eye(4, 3)
+    coverage, anchors = torch.ones(4, dtype=torch.bool), torch.tensor([0, 1, 2])
+    raw = transport_table(source, coverage, base, anchors, k=3, temperature=0.1)
+    centred = transport_table(source, coverage, base, anchors, k=3, temperature=0.1, center=True)
+    assert raw[3].argmax() == centred[3].argmax() == 0
+    assert raw[3].max() < 0.5 < 0.95 < centred[3].max()
+    torch.testing.assert_close(centred.sum(dim=1), torch.ones(4))  # still convex combinations

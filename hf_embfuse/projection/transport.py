@@ -49,6 +49,7 @@ def transport_table(
     k: int = 10,
     temperature: float = 0.1,
     exclude_self: bool = False,
+    center: bool = False,
     batch_size: int | None = None,
     return_stats: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, TransportStats]:
@@ -72,6 +73,8 @@ def transport_table(
         k: neighbours per row; capped by the number of anchors available.
         temperature: softmax temperature over cosines; lower is closer to nearest-neighbour copying.
         exclude_self: leave a row out of its own neighbours (only matters for anchor rows).
+        center: subtract the mean covered source row before taking cosines. Embedding tables share a
+            common direction that makes every cosine high; removing it sharpens neighbours and weights.
         batch_size: rows per similarity block; by default sized so a block stays near 128 MiB.
         return_stats: also return a `TransportStats`.
 
@@ -113,13 +116,16 @@ def transport_table(
     n_zero = int((covered_rows.abs().sum(dim=1) == 0).sum())
     if n_zero:
         logger.warning("Transport: %d covered rows are all-zero; their neighbours are arbitrary.", n_zero)
+    if center:
+        covered_rows = covered_rows - covered_rows.mean(0)
     unit = torch.nn.functional.normalize(covered_rows, dim=1)
     base_anchors = base_table.detach().float()[anchor_ids.to(base_table.device)].to(device)
     check_finite("base_table", base_anchors, anchor_ids)
     # Position of each vocabulary row among the anchors (-1 if not an anchor), to find "self".
     anchor_pos = torch.full((rows,), -1, dtype=torch.long)
     anchor_pos[anchor_ids] = torch.arange(n_anchors)
-    anchor_unit = torch.nn.functional.normalize(source[anchor_ids.to(device)], dim=1)
+    # Anchors are covered rows, so their (centred) unit vectors are rows of `unit`.
+    anchor_unit = unit[torch.searchsorted(row_ids, anchor_ids).to(device)]
     row_pos = anchor_pos[row_ids].to(device)
 
     batch = batch_size or max(1, min(4096, _MAX_BLOCK_ELEMENTS // n_anchors))

@@ -72,8 +72,7 @@ def architecture_hint(
             if cls is not None:
                 model = cls._from_config(config)
             else:
-                kwargs = {"trust_remote_code": True} if trust_remote_code else {}
-                model = AutoModel.from_config(config, **kwargs)
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         module = model.get_input_embeddings()
         weight = module.weight
     except Exception as e:  # any failure here only means we fall back on well-known names

@@ -73,7 +73,9 @@ def detect_source_kind(spec: str | os.PathLike) -> str:
         )
     if path.is_dir():
         files = [p.name for p in path.iterdir() if p.is_file()]
-        if "config.json" in files or any(f.endswith(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES) for f in files):
+        if "config.json" in files or any(
+            f.endswith(SAFETENSORS_SUFFIXES) or f.startswith("pytorch_model") for f in files
+        ):
             return "hf"
         if any(f.endswith(".gguf") for f in files):
             return "gguf"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+
+# Any of these means the folder carries a tokenizer (HF fast/slow, SentencePiece, tiktoken).
+TOKENIZER_FILE_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "vocab.*", "*.model", "*.tiktoken")
 
 
 def read_hf_source(
@@ -39,7 +43,8 @@ def read_hf_source(
         allow_pickle: also read `.bin`/`.pt` weights (via `torch.load(weights_only=True)`).
         tensor_key: the checkpoint key of the table, when automatic location is not wanted.
         trust_remote_code: allow the checkpoint's own Python code to build its tokenizer/architecture.
-            Off by default; only passed on to transformers when set.
+            Off by default, and then passed to transformers as an explicit `False`: custom code is
+            neither run nor prompted for.
 
     Returns:
         A `SourceTable` of kind `"hf"` with a float32 `(V, d)` weight. Some architectures scale the
@@ -135,9 +140,9 @@ def _load_config(ckpt: ResolvedCheckpoint, trust_remote_code: bool) -> Pretraine
         return None
     from transformers import AutoConfig
 
-    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        return AutoConfig.from_pretrained(str(ckpt.folder), **kwargs)
+        # An explicit False never runs the checkpoint's code and never stops to prompt for it.
+        return AutoConfig.from_pretrained(str(ckpt.folder), trust_remote_code=trust_remote_code)
     except Exception as e:  # unknown model type, custom code not trusted...: fall back on names
         logger.info("%s: config.json not usable here (%s); matching well-known tensor names.", ckpt.name, e)
         return None
@@ -147,9 +152,14 @@ def load_tokenizer(ckpt: ResolvedCheckpoint, *, trust_remote_code: bool = False)
     """Load the checkpoint's tokenizer, running its custom code only when `trust_remote_code` is set."""
     from transformers import AutoTokenizer
 
-    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    # Without any vocabulary file transformers quietly builds an empty tokenizer from the config alone.
+    if not any(any(ckpt.folder.glob(pattern)) for pattern in TOKENIZER_FILE_PATTERNS):
+        raise SourceError(
+            f"{ckpt.name!r} has no tokenizer files ({', '.join(TOKENIZER_FILE_PATTERNS)}); copy the tokenizer "
+            "of the model into the checkpoint folder (tokenizer.save_pretrained(folder))."
+        )
     try:
-        return AutoTokenizer.from_pretrained(str(ckpt.folder), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt.folder), trust_remote_code=trust_remote_code)
     except (
         Exception
     ) as e:  # transformers raises OSError/ValueError/KeyError/TypeError here depending on the file
@@ -162,3 +172,24 @@ def load_tokenizer(ckpt: ResolvedCheckpoint, *, trust_remote_code: bool = False)
             f"Could not load the tokenizer of {ckpt.name!r} ({type(e).__name__}: {e}). The checkpoint needs its "
             "tokenizer files (tokenizer.json, or tokenizer_config.json with its vocabulary files) next to the weights."
         ) from None
+    if not trust_remote_code and _has_custom_tokenizer_code(ckpt):
+        logger.warning(
+            "%s ships custom tokenizer code, which was not run; transformers used its built-in %s instead. "
+            "Pass trust_remote_code=True if the custom code matters.",
+            ckpt.name,
+            type(tokenizer).__name__,
+        )
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise SourceError(
+            f"The tokenizer of {ckpt.name!r} has only its {len(tokenizer)} special tokens; its vocabulary file is "
+            "missing or empty. Copy the model's tokenizer files into the checkpoint folder."
+        )
+    return tokenizer
+
+
+def _has_custom_tokenizer_code(ckpt: ResolvedCheckpoint) -> bool:
+    path = ckpt.folder / "tokenizer_config.json"
+    try:
+        return "auto_map" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,311 @@
+"""The model card (README.md) of a fused checkpoint: Hub metadata plus sources, mixing and evaluation tables."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+
+# Wrapper class -> (Hub pipeline tag, transformers Auto class).
+TASKS = {
+    "EmbFuseModel": ("feature-extraction", "AutoModel"),
+    "EmbFuseForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
+    "EmbFuseForTokenClassification": ("token-classification", "AutoModelForTokenClassification"),
+    "EmbFuseForMaskedLM": ("fill-mask", "AutoModelForMaskedLM"),
+    "EmbFuseForCausalLM": ("text-generation", "AutoModelForCausalLM"),
+}
+_HUB_ID = re.compile(
+    r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?/[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$"
+)
+_FILE_SUFFIXES = (
+    ".gguf",
+    ".npy",
+    ".npz",
+    ".txt",
+    ".vec",
+    ".bin",
+    ".parquet",
+    ".safetensors",
+    ".pt",
+    ".json",
+    ".gz",
+)
+
+
+def build_model_card(
+    config_dict: dict[str, Any],
+    *,
+    repo_id: str | None = None,
+    eval_results: dict[str, Any] | None = None,
+    weights_plot: str | None = None,
+    base_model_id: str | None = None,
+) -> ModelCard:
+    """Build the model card of a fused checkpoint from its config.
+
+    Args:
+        config_dict (`dict`):
+            The EmbFuse config as a dict (`config.to_dict()`); missing optional fields are left out of the card.
+        repo_id (`str`, *optional*):
+            Where the model is published; used in the title and the loading snippet.
+        eval_results (`dict`, *optional*):
+            Results to show as a table: `ComparisonTable.to_dict()`, or `{row: {column: value}}`, or
+            `{metric: value}`.
+        weights_plot (`str`, *optional*):
+            Path (relative to the checkpoint) or URL of an image of the mixing weights.
+        base_model_id (`str`, *optional*):
+            Hub id of the base model, when the config only knows a local path.
+
+    Returns:
+        `huggingface_hub.ModelCard`: save it with `card.save(folder / "README.md")`.
+    """
+    if not isinstance(config_dict, Mapping):
+        raise TypeError(
+            f"`config_dict` must be a dict (pass `config.to_dict()`), got {type(config_dict).__name__}."
+        )
+    sources = [dict(source) for source in config_dict.get("sources") or []]
+    base_config = config_dict.get("base_config") or {}
+    base_ref = base_model_id or config_dict.get("base_model_name_or_path") or base_config.get("_name_or_path")
+
+    hub_ids = list(
+        dict.fromkeys(filter(None, [_hub_id(base_ref), *(_source_hub_id(s) for s in sources[1:])]))
+    )
+    architectures = config_dict.get("architectures") or []
+    task = next((TASKS[name] for name in architectures if name in TASKS), None)
+    card_data = ModelCardData(
+        base_model=hub_ids or None,
+        # The Hub knows four relations; several parents make a merge, a single parent with extra tables is
+        # closest to a fine-tune of it.
+        base_model_relation=("merge" if len(hub_ids) > 1 else "finetune") if hub_ids else None,
+        library_name="transformers",
+        pipeline_tag=task[0] if task else None,
+        license=_license(sources),
+        tags=[
+            "embfuse",
+            "fused-embeddings",
+            *([base_config["model_type"]] if base_config.get("model_type") else []),
+        ],
+    )
+    model_ref = repo_id or "path/to/checkpoint"
+    auto_class = task[1] if task else None
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_title=(repo_id.split("/")[-1] if repo_id else "EmbFuse model"),
+        base_description=_base_description(base_ref, base_config),
+        num_sources=len(sources),
+        sources_table=_sources_table(sources, base_ref),
+        mixing_description=_mixing_description(config_dict),
+        weights_table=_weights_table(config_dict, sources, base_ref),
+        weights_plot=weights_plot,
+        eval_markdown=eval_markdown(eval_results) if eval_results else None,
+        model_ref=model_ref,
+        auto_imports=", ".join(dict.fromkeys(["AutoModel", *([auto_class] if auto_class else [])])),
+        task_auto_class=auto_class if auto_class not in (None, "AutoModel") else None,
+        base_type=base_config.get("model_type") or "base-architecture",
+        bake_dir=repo_id.split("/")[-1] if repo_id else "path/to/checkpoint",
+        format_version=config_dict.get("format_version", "unknown"),
+    )
+
+
+def eval_markdown(eval_results: Mapping[str, Any], digits: int = 3) -> str:
+    """Render evaluation results as a Markdown table (see `build_model_card` for the accepted shapes)."""
+    if isinstance(eval_results.get("tables"), Mapping):  # ComparisonTable.to_dict()
+        rows = {
+            name: {
+                **{d: r.get("spearman") for d, r in (entry.get("datasets") or {}).items()},
+                "mean": entry.get("mean"),
+            }
+            for name, entry in eval_results["tables"].items()
+        }
+        title = f"Metric: {eval_results.get('metric', 'score')}.\n\n"
+        return title + _table(["table", *_columns(rows)], rows, digits)
+    rows = {
+        name: value if isinstance(value, Mapping) else {"value": value}
+        for name, value in eval_results.items()
+    }
+    return _table(["", *_columns(rows)], rows, digits)
+
+
+# -- metadata helpers ----------------------------------------------------------------------------------------
+
+
+def _hub_id(reference: Any) -> str | None:
+    """`reference` if it reads as a Hub model id (namespace/name, not a local path or a file), else None."""
+    if (
+        not isinstance(reference, str)
+        or not _HUB_ID.fullmatch(reference)
+        or "--" in reference
+        or ".." in reference
+    ):
+        return None
+    if reference.lower().endswith(_FILE_SUFFIXES) or os.path.exists(reference):
+        return None
+    return reference
+
+
+def _source_hub_id(source: Mapping[str, Any]) -> str | None:
+    for key in ("repo_id", "hub_id"):  # files (GGUF, vectors) can name the Hub repo they came from
+        if _hub_id(source.get(key)):
+            return source[key]
+    return _hub_id(source.get("name")) if source.get("kind", "hf") in ("hf", "base") else None
+
+
+def _license(sources: list[dict[str, Any]]) -> str | None:
+    """The fused model's license: known only when every source states the same one."""
+    licenses = [s.get("license") if isinstance(s.get("license"), str) else None for s in sources]
+    if sources and None not in licenses and len(set(licenses)) == 1:
+        return licenses[0]
+    if any(licenses):
+        logger.info(
+            "Sources differ in license or do not all state one (%s); the card lists them per source.",
+            licenses,
+        )
+    return None
+
+
+# -- body helpers --------------------------------------------------------------------------------------------
+
+
+def _base_description(base_ref: str | None, base_config: Mapping[str, Any]) -> str:
+    model_type = base_config.get("model_type")
+    kind = f"a {model_type} model" if model_type else "a transformers model"
+    if base_ref and _hub_id(base_ref):
+        return f"{kind} based on [{base_ref}](https://huggingface.co/{base_ref})"
+    return f"{kind} based on `{base_ref}`" if base_ref else kind
+
+
+def _source_name(source: Mapping[str, Any], index: int, base_ref: str | None) -> str:
+    name = source.get("name") or f"source {index}"
+    return base_ref if index == 0 and base_ref and name == "base" else name
+
+
+def _source_label(source: Mapping[str, Any], index: int, base_ref: str | None) -> str:
+    name = _source_name(source, index, base_ref)
+    hub_id = _source_hub_id({**source, "name": name}) if index else _hub_id(name)
+    return f"[{_escape(name)}](https://huggingface.co/{hub_id})" if hub_id else f"`{_escape(name)}`"
+
+
+def _sources_table(sources: list[dict[str, Any]], base_ref: str | None) -> str:
+    if not sources:
+        return "_The config lists no sources._"
+    show_license = any(s.get("license") for s in sources)
+    header = [
+        "#",
+        "source",
+        "kind",
+        "revision",
+        "width",
+        "projection",
+        "coverage",
+        "content coverage",
+        "outcomes",
+    ]
+    rows = {}
+    for index, source in enumerate(sources):
+        alignment = source.get("alignment") or {}
+        coverage = alignment.get("coverage", 1.0 if index == 0 else None)
+        counts = alignment.get("counts") or {}
+        row = {
+            "source": _source_label(source, index, base_ref),
+            "kind": source.get("kind") or ("base" if index == 0 else "—"),
+            "revision": f"`{source['revision'][:12]}`" if source.get("revision") else "—",
+            "width": source.get("source_width", source.get("width")),
+            "projection": (source.get("projection_fit") or {}).get("method")
+            or source.get("projection")
+            or "—",
+            "coverage": _percent(coverage),
+            "content coverage": _percent(alignment.get("content_coverage", 1.0 if index == 0 else None)),
+            "outcomes": ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "—",
+        }
+        if show_license:
+            row["license"] = source.get("license") or "—"
+        rows[str(index)] = row
+    return _table([*header, *(["license"] if show_license else [])], rows, digits=3)
+
+
+def _mixing_weights(config_dict: Mapping[str, Any], num_sources: int) -> tuple[list[float] | None, str]:
+    weights = config_dict.get("mixing_weights")
+    if weights is not None and len(weights) == num_sources:
+        return [float(w) for w in weights], "mean mixing weight over the vocabulary"
+    if config_dict.get("fixed_weights") is not None and len(config_dict["fixed_weights"]) == num_sources:
+        if config_dict.get("mixing") == "fixed":
+            return [float(w) for w in config_dict["fixed_weights"]], "fixed weight"
+        return [float(w) for w in config_dict["fixed_weights"]], "initial weight (before training)"
+    return None, ""
+
+
+def _mixing_description(config_dict: Mapping[str, Any]) -> str:
+    mode = config_dict.get("mixing", "learned")
+    what = {
+        "fixed": "fixed weights, one per source",
+        "learned": "one learned weight per source",
+        "gated": "a learned per-token gate computed from each projected vector",
+    }.get(mode, str(mode))
+    parts = [f"Mode: `{mode}` ({what}), softmax over the sources that cover each token"]
+    if config_dict.get("temperature") not in (None, 1, 1.0):
+        parts.append(f"temperature {config_dict['temperature']:g}")
+    regularizer = config_dict.get("regularizer")
+    if regularizer and regularizer != "none":
+        parts.append(f"regulariser `{regularizer}` with λ = {config_dict.get('reg_lambda', 0):g}")
+    return ", ".join(parts) + "."
+
+
+def _weights_table(
+    config_dict: Mapping[str, Any], sources: list[dict[str, Any]], base_ref: str | None
+) -> str:
+    weights, meaning = _mixing_weights(config_dict, len(sources))
+    if weights is None:
+        return "Mixing weights were not recorded in the config; `hf-embfuse inspect` computes them from the saved tensors."
+    rows = {
+        str(i): {"source": _source_name(s, i, base_ref), meaning: w}
+        for i, (s, w) in enumerate(zip(sources, weights, strict=True))
+    }
+    return _table(["#", "source", meaning], rows, digits=3)
+
+
+def _columns(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(column for row in rows.values() for column in row))
+
+
+def _table(header: list[str], rows: Mapping[str, Mapping[str, Any]], digits: int) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [_escape(name), *(_cell(row.get(column), digits) for column in header[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, Mapping):  # e.g. a WordSimResult dict
+        value = value.get("spearman", value.get("value"))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _escape(str(value))
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def _percent(value: Any) -> str:
+    return (
+        f"{100 * float(value):.1f} %"
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else "—"
+    )
+
+
+def _escape(text: str) -> str:
+    """Make `text` safe in a table cell; idempotent, so labels escaped once can pass through again."""
+    return re.sub(r"(?<!\\)\|", r"\\|", text.replace("\n", " "))
+
+
+__all__ = ["TASKS", "TEMPLATE_PATH", "build_model_card", "eval_markdown"]

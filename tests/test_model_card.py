@@ -1,0 +1,241 @@
+"""Model cards of fused checkpoints: Hub metadata that validates, and the sources / mixing / evaluation tables."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from huggingface_hub import HfApi, ModelCard, metadata_load
+
+from hf_embfuse.model_card import TASKS, build_model_card, eval_markdown
+from tests.fixtures_hub import *  # noqa: F403  (until tests/conftest.py registers tests.fixtures_hub)
+from tests.hub_routes import validate_card_metadata
+
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOL_GGUF = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+
+
+def example_config_dict() -> dict:
+    """An EmbFuse `config.to_dict()`: a MiniLM base mixed with SmolLM2, a GGUF file from the Hub and GloVe."""
+
+    def alignment(exact: int, coverage: float) -> dict:
+        counts = {"special": 5, "exact": exact, "canonical": 300, "casefold": 40, "decomposed": 1000,
+                  "placeholder": 994, "uncovered": 2000, "beyond_vocab": 0}  # fmt: skip
+        return {"counts": counts, "coverage": coverage, "content_coverage": coverage + 0.01}
+
+    return {
+        "model_type": "embfuse",
+        "architectures": ["EmbFuseForSequenceClassification"],
+        "base_config": {
+            "model_type": "bert",
+            "_name_or_path": BASE,
+            "architectures": ["BertModel"],
+            "hidden_size": 384,
+        },
+        "base_model_name_or_path": BASE,
+        "sources": [
+            {
+                "name": "base",
+                "kind": "base",
+                "revision": None,
+                "width": 384,
+                "projection": "identity",
+                "license": "apache-2.0",
+            },
+            {
+                "name": SMOL,
+                "kind": "hf",
+                "revision": "a" * 40,
+                "width": 576,
+                "projection": "transport",
+                "alignment": alignment(20000, 0.912),
+                "license": "apache-2.0",
+            },
+            {
+                "name": "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "kind": "gguf",
+                "repo_id": SMOL_GGUF,
+                "revision": None,
+                "width": 576,
+                "projection": "linear",
+                "alignment": alignment(19000, 0.9),
+            },
+            {
+                "name": "/data/glove_6B_50d_emb.npy",
+                "kind": "vectors",
+                "revision": None,
+                "width": 50,
+                "projection": "linear",
+                "alignment": alignment(15000, 0.734),
+            },
+        ],
+        "mixing": "learned",
+        "fixed_weights": None,
+        "mixing_weights": [0.55, 0.25, 0.12, 0.08],
+        "temperature": 1.0,
+        "regularizer": "anchor",
+        "reg_lambda": 0.01,
+        "format_version": 1,
+    }
+
+
+def _metadata(card: ModelCard) -> dict:
+    return yaml.safe_load(str(card).split("---")[1])
+
+
+def test_metadata_names_every_hub_source_and_nothing_else():
+    metadata = _metadata(build_model_card(example_config_dict(), repo_id="test-user/fused-minilm"))
+    assert metadata["base_model"] == [BASE, SMOL, SMOL_GGUF]  # not the local GloVe file
+    assert metadata["base_model_relation"] == "merge"
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "text-classification"
+    assert {"embfuse", "bert"} <= set(metadata["tags"])
+    assert (
+        "license" not in metadata
+    )  # GloVe and the GGUF file state none, so the mixture's license is unknown
+
+
+def test_metadata_round_trips_and_passes_validation(tmp_path):
+    card = build_model_card(example_config_dict(), repo_id="test-user/fused-minilm")
+    path = tmp_path / "README.md"
+    card.save(path)
+    assert metadata_load(path) == card.data.to_dict() == ModelCard.load(path).data.to_dict()
+    assert validate_card_metadata(path.read_text()) == ([], [])
+
+
+def test_card_validates_against_the_local_hub_and_is_read_back(hub_client):
+    card = build_model_card(example_config_dict(), repo_id="test-user/fused-minilm")
+    card.validate()  # POST /api/validate-yaml on the local server
+    broken = ModelCard(str(card).replace("base_model_relation: merge", "base_model_relation: fused"))
+    with pytest.raises(ValueError, match="base_model_relation"):
+        broken.validate()
+
+    HfApi().create_repo("test-user/fused-minilm")
+    card.push_to_hub("test-user/fused-minilm")
+    info = HfApi().model_info("test-user/fused-minilm")
+    assert info.card_data.base_model == [BASE, SMOL, SMOL_GGUF] and info.pipeline_tag == "text-classification"
+    assert hub_client.files("test-user/fused-minilm")["README.md"].decode() == str(card)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "expected"), [*((a, t) for a, t in TASKS.items()), ("SomethingElse", None)]
+)
+def test_pipeline_tag_and_auto_class_follow_the_architecture(architecture, expected):
+    config = {**example_config_dict(), "architectures": [architecture]}
+    card = build_model_card(config, repo_id="test-user/m")
+    assert _metadata(card).get("pipeline_tag") == (expected[0] if expected else None)
+    assert 'AutoModel.from_pretrained("test-user/m", trust_remote_code=True)' in card.text
+    if expected and expected[1] != "AutoModel":
+        assert f'{expected[1]}.from_pretrained("test-user/m", trust_remote_code=True)' in card.text
+
+
+def test_sources_table():
+    text = build_model_card(example_config_dict()).text
+    table = text.split("## Sources")[1].split("## Mixing")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert len(rows) == 4
+    assert f"[{BASE}](https://huggingface.co/{BASE})" in rows[0] and "100.0 %" in rows[0]
+    assert f"[{SMOL}](https://huggingface.co/{SMOL})" in rows[1] and "`aaaaaaaaaaaa`" in rows[1]
+    assert "| 576 | transport | 91.2 % | 92.2 % |" in rows[1] and "exact 20,000" in rows[1]
+    assert "placeholder 994" in rows[1] and "beyond_vocab" not in rows[1]  # zero counts are left out
+    assert f"[/models/SmolLM2-135M-Instruct.Q4_1.gguf](https://huggingface.co/{SMOL_GGUF})" in rows[2]
+    assert "`/data/glove_6B_50d_emb.npy`" in rows[3] and "| 50 | linear | 73.4 %" in rows[3]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, f"| 0 | {BASE} | 0.550 |"),
+        (
+            {"mixing_weights": None, "mixing": "fixed", "fixed_weights": [0.4, 0.3, 0.2, 0.1]},
+            "| fixed weight |",
+        ),
+        ({"mixing_weights": None, "fixed_weights": [0.4, 0.3, 0.2, 0.1]}, "initial weight (before training)"),
+        ({"mixing_weights": None}, "Mixing weights were not recorded"),
+    ],
+)
+def test_mixing_section(changes, expected):
+    text = build_model_card({**example_config_dict(), **changes}).text
+    mixing = text.split("## Mixing")[1].split("## How to load")[0]
+    assert expected in mixing and "regulariser `anchor` with λ = 0.01" in mixing
+
+
+def test_weights_plot_and_bake_instructions():
+    text = build_model_card(example_config_dict(), repo_id="u/fused", weights_plot="mixing_weights.png").text
+    assert "![Mean mixing weight per source](mixing_weights.png)" in text
+    assert "hf-embfuse bake fused --out fused-baked" in text and "hf_embfuse.bake(model)" in text
+    assert "![" not in build_model_card(example_config_dict()).text
+
+
+def test_evaluation_section_only_when_given():
+    comparison = {
+        "metric": "spearman",
+        "tables": {
+            "MiniLM": {
+                "mean": 0.655,
+                "datasets": {"ws353": {"spearman": 0.746}, "simlex": {"spearman": 0.463}},
+            },
+            "fused": {"mean": 0.67, "datasets": {"ws353": {"spearman": 0.75}, "simlex": {"spearman": None}}},
+        },
+    }
+    text = build_model_card(example_config_dict(), eval_results=comparison).text
+    assert "## Evaluation" in text and "Metric: spearman." in text
+    assert "| table | ws353 | simlex | mean |" in text and "| fused | 0.750 | — | 0.670 |" in text
+    assert "## Evaluation" not in build_model_card(example_config_dict()).text
+
+
+@pytest.mark.parametrize(
+    ("results", "lines"),
+    [
+        ({"accuracy": 0.8123, "examples": 800}, ["|  | value |", "| accuracy | 0.812 |", "| examples | 800 |"]),
+        ({"base": {"acc": 0.73}, "fused|v2": {"acc": 0.76, "f1": 0.7}}, ["|  | acc | f1 |", "| fused\\|v2 | 0.760 | 0.700 |"]),
+    ],
+)  # fmt: skip
+def test_eval_markdown_shapes(results, lines):
+    table = eval_markdown(results).splitlines()
+    assert all(line in table for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("licenses", "expected"),
+    [(("mit",) * 4, "mit"), (("mit", "mit", "mit", None), None), (("mit", "apache-2.0", "mit", "mit"), None),
+     ((None,) * 4, None)],
+)  # fmt: skip
+def test_license_only_when_every_source_states_the_same(licenses, expected):
+    config = example_config_dict()
+    for source, license_ in zip(config["sources"], licenses, strict=True):
+        source["license"] = license_
+    card = build_model_card(config)
+    assert _metadata(card).get("license") == expected
+    assert ("| license |" in card.text) is any(licenses)
+
+
+def test_single_hub_parent_is_a_finetune_and_local_bases_are_not_listed(tmp_path):
+    config = example_config_dict()
+    config["sources"] = config["sources"][:1] + config["sources"][3:]  # base + local GloVe
+    assert _metadata(build_model_card(config))["base_model_relation"] == "finetune"
+    config["base_model_name_or_path"] = str(tmp_path)  # a local base folder
+    metadata = _metadata(build_model_card(config))
+    assert "base_model" not in metadata and "base_model_relation" not in metadata
+    assert _metadata(build_model_card(config, base_model_id=BASE))["base_model"] == [BASE]
+
+
+@pytest.mark.parametrize(
+    "drop", ["sources", "base_config", "architectures", "mixing_weights", "format_version", "all"]
+)
+def test_missing_optional_fields_still_make_a_valid_card(drop):
+    config = (
+        {} if drop == "all" else {k: v for k, v in copy.deepcopy(example_config_dict()).items() if k != drop}
+    )
+    if drop == "sources":
+        config["base_model_name_or_path"] = None
+    card = build_model_card(config)
+    assert validate_card_metadata(str(card))[0] == [] and "embfuse" in _metadata(card)["tags"]
+    assert "## How to load" in card.text
+
+
+def test_not_a_dict_is_refused():
+    with pytest.raises(TypeError, match=r"config\.to_dict"):
+        build_model_card(["not", "a", "config"])  # type: ignore[arg-type]

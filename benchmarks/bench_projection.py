@@ -142,7 +142,8 @@ def quality(base: torch.Tensor, tokenizer) -> None:
         ]:
             fit = fit_linear_map(aligned.table, base, anchors)
             print(
-                f"{name}: linear map on {label} anchors ({fit.n_anchors}): held-out cosine {fit.heldout_cosine:.3f}, "
+                f"{name}: linear map on {label} anchors ({fit.n_anchors}): held-out cosine {fit.heldout_cosine:.3f} "
+                f"(centred {fit.heldout_centered_cosine:.3f}), "
                 f"train {fit.train_cosine:.3f}, ridge {fit.ridge}"
             )
         anchors = aligned.anchor_mask & ~special

@@ -32,7 +32,7 @@ def test_equal_width_exact_recovery_with_offsets(method):
     fitted = fit_linear_map(x, y, _all(300), method=method, ridge=None if method != "ridge" else 0.0)
     assert fitted.method == ("ridge" if method == "ridge" else "procrustes")
     torch.testing.assert_close(fitted(x), y, atol=1e-3, rtol=1e-4)
-    assert fitted.heldout_cosine > 0.99999
+    assert fitted.heldout_cosine > 0.99999 and fitted.heldout_centered_cosine > 0.99999
     torch.testing.assert_close(fitted.weight, 2.5 * q.T, atol=1e-4, rtol=1e-4)
     assert fitted.scale == pytest.approx(2.5, rel=1e-4)
 
@@ -104,6 +104,17 @@ def test_holdout_split_sizes_and_no_holdout():
     assert (fitted.n_train, fitted.n_heldout) == (40, 10)
     none_held = fit_linear_map(x, x, _all(50), holdout=0.0)
     assert none_held.n_heldout == 0 and none_held.heldout_cosine is None
+    assert none_held.heldout_centered_cosine is None
+
+
+def test_centered_cosine_does_not_credit_predicting_the_mean_row():
+    # A base with a large shared offset and a source unrelated to it: the best map predicts the mean
+    # row, which scores a high plain cosine but a centred cosine near zero.
+    gen = torch.Generator().manual_seed(18)
+    base = torch.randn(400, 6, generator=gen) + 4.0
+    fitted = fit_linear_map(torch.randn(400, 6, generator=gen), base, _all(400), method="ridge", holdout=0.5)
+    assert fitted.heldout_cosine > 0.8
+    assert abs(fitted.heldout_centered_cosine) < 0.2
 
 
 def test_map_applies_in_the_input_dtype_and_stats_are_json():

@@ -153,6 +153,7 @@ class HubServer:
         self.lfs_threshold = lfs_threshold
         self.skip_empty_commits = skip_empty_commits
         self.faults = Faults()
+        self.errors: list[Exception] = []  # requests the server could not parse (see `_Handler._guarded`)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._tickets: dict[str, tuple[str, str, str, int]] = {}
@@ -347,6 +348,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _guarded(self, handler: Callable[[], Response]) -> Response:
         try:
             return handler()
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as error:  # a malformed request, or a bug here: answer, never hang
+            self.hub.errors.append(error)
+            return Response(400, {"error": f"Test Hub server could not handle the request: {error!r}"})
         except HubError as error:
             headers = {"X-Error-Message": " ".join(error.message.split()), **error.extra.pop("headers", {})}
             if error.code:

@@ -189,6 +189,25 @@ def test_branches_tree_and_refs(hub_client, tmp_path):
     assert Path(hf_hub_download(REPO, "notes.txt", revision="dev")).read_text() == "hello\n"
 
 
+def test_quoted_paths_ranges_and_malformed_requests(hub_client):
+    api = HfApi()
+    api.create_repo(REPO)
+    api.upload_file(path_or_fileobj=b"0123456789", path_in_repo="a dir/b c.txt", repo_id=REPO)
+    assert Path(hf_hub_download(REPO, "b c.txt", subfolder="a dir")).read_bytes() == b"0123456789"
+    assert [entry.path for entry in api.list_repo_tree(REPO, path_in_repo="a dir")] == ["a dir/b c.txt"]
+    url = f"{hub_client.endpoint}/{REPO}/resolve/main/a%20dir/b%20c.txt"
+    partial = httpx2.get(url, headers={"Range": "bytes=4-"}, timeout=10)
+    assert partial.status_code == 206 and partial.content == b"456789"
+    bad = _post(
+        hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token, content=b"{not json"
+    )
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    assert (
+        _post(hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token, json={}).status_code
+        == 200
+    )
+
+
 def test_failed_commit_changes_nothing_and_a_retry_succeeds(hub_client, tmp_path):
     api = HfApi()
     api.create_repo(REPO)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger("hf_embfuse")
@@ -40,10 +40,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+# Commands implemented beside their feature: each module has `add_command(subparsers)`, which adds
+# a subparser whose `run(args) -> int` default does the work.
+COMMAND_MODULES = ("bake", "evaluation.command", "hub")
+
+
 def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
-    """Commands whose implementation lives in its own module (bake, eval, push)."""
-    for register in _COMMAND_REGISTRARS:
-        register(commands)
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"hf_embfuse.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"hf_embfuse.{name}":
+                raise
+            continue  # feature module not present in this build
+        module.add_command(commands)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -81,9 +93,6 @@ def _inspect(args: argparse.Namespace) -> int:
     description["content_hash"] = content_hash(Path(args.folder))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
-
-
-_COMMAND_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 if __name__ == "__main__":

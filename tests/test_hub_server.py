@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
 import torch
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
@@ -41,9 +43,35 @@ def _routes(server: HubServer) -> list[str]:
     return [request.route for request in server.requests]
 
 
-def _post(server: HubServer, path: str, *, token: str | None = None, **kwargs) -> httpx2.Response:
+@dataclass
+class _Answer:
+    status_code: int
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def _request(
+    url: str, *, method: str = "GET", data: bytes | None = None, headers=None, proxy=None
+) -> _Answer:
+    """A raw request with the standard library, for what the client would refuse to send."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy} if proxy else {}))
+    try:
+        with opener.open(
+            urllib.request.Request(url, data, headers or {}, method=method), timeout=10
+        ) as answer:
+            return _Answer(answer.status, answer.read())
+    except urllib.error.HTTPError as error:
+        return _Answer(error.code, error.read())
+
+
+def _post(
+    server: HubServer, path: str, *, token: str | None = None, payload=None, content: bytes = b""
+) -> _Answer:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx2.post(server.endpoint + path, headers=headers, timeout=10, **kwargs)
+    data = content if payload is None else json.dumps(payload).encode()
+    return _request(server.endpoint + path, method="POST", data=data, headers=headers)
 
 
 def test_upload_download_round_trip_takes_lfs_for_large_binary_files(hub_client, tmp_path):
@@ -80,7 +108,7 @@ def test_preupload_upload_mode(hub_client, size, name, mode):
     sample = base64.b64encode(b"a" * min(size, 512)).decode()
     answer = _post(
         hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token,
-        json={"files": [{"path": name, "size": size, "sample": sample}]},
+        payload={"files": [{"path": name, "size": size, "sample": sample}]},
     ).json()  # fmt: skip
     assert answer["files"][0]["uploadMode"] == mode
 
@@ -112,7 +140,8 @@ def test_commit_that_changes_nothing(tmp_path, skip_empty_commits):
     # The client never sends such a commit (see above); the real Hub records it if one arrives anyway.
     with HubServer(tmp_path, skip_empty_commits=skip_empty_commits) as server:
         assert (
-            _post(server, "/api/repos/create", token=server.token, json={"name": "demo"}).status_code == 200
+            _post(server, "/api/repos/create", token=server.token, payload={"name": "demo"}).status_code
+            == 200
         )
         head = server.commits(REPO)[0]
         content = base64.b64encode(server.files(REPO)[".gitattributes"]).decode()
@@ -121,7 +150,9 @@ def test_commit_that_changes_nothing(tmp_path, skip_empty_commits):
             {"key": "file", "value": {"path": ".gitattributes", "content": content, "encoding": "base64"}},
         ]
         body = "".join(json.dumps(line) + "\n" for line in lines)
-        answer = _post(server, f"/api/models/{REPO}/commit/main", token=server.token, content=body).json()
+        answer = _post(
+            server, f"/api/models/{REPO}/commit/main", token=server.token, content=body.encode()
+        ).json()
         assert (answer["commitOid"] == head) is skip_empty_commits
         assert len(server.commits(REPO)) == (1 if skip_empty_commits else 2)
 
@@ -139,7 +170,7 @@ def test_create_repo_conflict_still_carries_url(hub_client):
 def test_invalid_repo_names_are_refused(hub_client, name):
     with pytest.raises(HFValidationError):  # the client checks first ...
         HfApi().create_repo(f"test-user/{name}")
-    answer = _post(hub_client, "/api/repos/create", token=hub_client.token, json={"name": name})
+    answer = _post(hub_client, "/api/repos/create", token=hub_client.token, payload={"name": name})
     assert answer.status_code == 400 and name[:20] in answer.json()["error"]  # ... and so does the server
 
 
@@ -196,14 +227,16 @@ def test_quoted_paths_ranges_and_malformed_requests(hub_client):
     assert Path(hf_hub_download(REPO, "b c.txt", subfolder="a dir")).read_bytes() == b"0123456789"
     assert [entry.path for entry in api.list_repo_tree(REPO, path_in_repo="a dir")] == ["a dir/b c.txt"]
     url = f"{hub_client.endpoint}/{REPO}/resolve/main/a%20dir/b%20c.txt"
-    partial = httpx2.get(url, headers={"Range": "bytes=4-"}, timeout=10)
+    partial = _request(url, headers={"Range": "bytes=4-"})
     assert partial.status_code == 206 and partial.content == b"456789"
     bad = _post(
         hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token, content=b"{not json"
     )
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
     assert (
-        _post(hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token, json={}).status_code
+        _post(
+            hub_client, f"/api/models/{REPO}/preupload/main", token=hub_client.token, payload={}
+        ).status_code
         == 200
     )
 
@@ -237,20 +270,19 @@ def test_dropped_lfs_upload_is_retried_by_the_client(hub_client, tmp_path):
 def test_validate_yaml(hub_client):
     valid = "---\nbase_model:\n- org/a\nbase_model_relation: merge\ntags: [x]\n---\ntext\n"
     assert (
-        _post(hub_client, "/api/validate-yaml", json={"content": valid, "repoType": "model"}).status_code
+        _post(hub_client, "/api/validate-yaml", payload={"content": valid, "repoType": "model"}).status_code
         == 200
     )
     for invalid in (
         "---\nbase_model_relation: fused\nbase_model: org/a\n---\n",
         "---\nbase_model: [a b]\n---\n",
     ):
-        answer = _post(hub_client, "/api/validate-yaml", json={"content": invalid, "repoType": "model"})
+        answer = _post(hub_client, "/api/validate-yaml", payload={"content": invalid, "repoType": "model"})
         assert answer.status_code == 400 and answer.json()["errors"]
 
 
 def test_proxy_refuses_and_records_other_hosts(hub_server):
-    with httpx2.Client(proxy=hub_server.endpoint, timeout=10) as client:
-        assert client.get("http://example.com/api/models/x").status_code == 403
+    assert _request("http://example.com/api/models/x", proxy=hub_server.endpoint).status_code == 403
     assert [request.host for request in hub_server.external_requests] == ["example.com"]
 
 
@@ -258,7 +290,7 @@ def test_no_external_network_refuses_other_hosts(no_external_network, hub_server
     with pytest.raises(OSError, match="no_external_network"):
         socket.create_connection(("10.255.255.1", 443), timeout=1)
     assert no_external_network == ["10.255.255.1:443"]
-    assert httpx2.get(hub_server.endpoint + "/api/agent-harnesses", timeout=10).status_code == 200
+    assert _request(hub_server.endpoint + "/api/agent-harnesses").status_code == 200
 
 
 def test_hub_client_patch_restores_the_client(hub_server, tmp_path):

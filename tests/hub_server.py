@@ -317,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 call = self._call(match, split.query, body)
-                response = self._guarded(lambda: self._authorize(access, call) or handle(route, call))
+                response = self._guarded(lambda: self._respond(route, access, call))
         request.status = response.status
         self._send(response)
 
@@ -330,6 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
         token_valid = None if not header else header.removeprefix("Bearer ").strip() == self.hub.token
         queries = {key: values[-1] for key, values in parse_qs(query).items()}
         return Call(self.hub, self.command, repo, args, queries, body, token_valid)
+
+    def _respond(self, route: str, access: str, call: Call) -> Response:
+        self._authorize(access, call)
+        return handle(route, call)
 
     def _authorize(self, access: str, call: Call) -> None:
         if call.token_valid is False:

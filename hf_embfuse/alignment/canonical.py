@@ -1,0 +1,264 @@
+"""Token surfaces to a tokenizer-independent canonical form: `(text, word_start)`.
+
+Every tokenizer family marks "this piece starts a word" differently:
+
+* WordPiece (BERT): a piece *without* the continuation prefix starts a word; `##ing` continues one.
+* byte-level BPE (GPT-2, Llama 3, SmolLM2): a leading `Ġ` (the byte-level image of a space) starts a
+  word, a piece without it continues one; every character stands for one byte (GPT-2's
+  byte-to-unicode table), so `Ã©` is the two UTF-8 bytes of `é`.
+* SentencePiece / Metaspace (T5, Llama 2, Gemma): a leading `▁` starts a word; byte-fallback pieces
+  `<0x41>` stand for one raw byte.
+* whole words (static word vectors, WordLevel): every entry is a word, so it starts one.
+
+The canonical form strips the marker, keeps the flag, and decodes bytes. A piece whose bytes are not
+valid UTF-8 on their own (a lone byte such as `Ã` = 0xC3, or `<0xC3>`) keeps them as surrogate
+escapes (`"\\udcc3"`), so a byte-level byte and a byte-fallback byte still meet in one key, while
+such texts can never be sent to a tokenizer (see `is_encodable`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._strings import SEP, CodePoints, bulk_map, strip_prefix
+
+WORDPIECE = "wordpiece"
+BYTE_LEVEL = "byte_level"
+METASPACE = "metaspace"
+WORD = "word"
+FAMILIES = (WORDPIECE, BYTE_LEVEL, METASPACE, WORD)
+
+METASPACE_MARK = "▁"
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+# Rows that exist only to reserve ids (never trained, or trained on nothing a source could know).
+# Matching is on the whole token string; extend the tuple to teach the cascade a new convention.
+PLACEHOLDER_PATTERNS: tuple[str, ...] = (
+    r"\[unused\d+\]",  # BERT
+    r"<unused\d+>",  # Gemma
+    r"<extra_id_\d+>",  # T5 sentinels
+    r"<\|extra_?\d+\|>",  # Qwen
+    r"<\|?reserved[\w\-]*\|?>",  # Llama 3 <|reserved_special_token_5|>, <reserved_123>
+    r"<\|?dummy_?\d+\|?>",  # Phi
+    r"madeupword\d+",  # fairseq
+    r"\[PAD\d+\]|<pad_?\d+>|<\|pad_?\d+\|>",  # numbered padding rows
+)
+_PLACEHOLDER = re.compile("|".join(f"(?:{p})" for p in PLACEHOLDER_PATTERNS))
+
+
+@dataclass(frozen=True)
+class TokenizerFamily:
+    """How a tokenizer writes word boundaries.
+
+    Attributes:
+        name: one of `FAMILIES`.
+        continuation_prefix: the WordPiece continuation prefix (`"##"`), else `""`.
+    """
+
+    name: str
+    continuation_prefix: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    )
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _unicode_to_latin1() -> dict[int, str]:
+    # str.translate table: byte-level character -> the latin-1 character of its byte, so that
+    # `.encode("latin-1")` afterwards yields the raw bytes in C, not in a Python loop.
+    return {ord(ch): chr(b) for b, ch in bytes_to_unicode().items()}
+
+
+def _candidates(codes: CodePoints, first_chars: str, lengths: tuple[int, ...] = ()) -> np.ndarray:
+    """Indices of strings starting with one of `first_chars` (or with one of `lengths`): cheap prefilter."""
+    first = codes.leading(1)[:, 0]
+    mask = np.isin(first, [ord(c) for c in first_chars]) | np.isin(codes.lengths, lengths)
+    return np.flatnonzero(mask)
+
+
+def placeholder_mask(tokens: Sequence[str | None]) -> np.ndarray:
+    """Which tokens are reserved placeholder rows (`[unused3]`, `<extra_id_0>`, empty, no token)."""
+    strings = [t or "" for t in tokens]
+    mask = np.zeros(len(strings), dtype=bool)
+    for i in _candidates(CodePoints(strings), "<[m", lengths=(0,)).tolist():
+        mask[i] = is_placeholder(strings[i])
+    return mask
+
+
+def is_placeholder(token: str | None) -> bool:
+    """Whether one token is a reserved placeholder row (see `PLACEHOLDER_PATTERNS`)."""
+    return not token or _PLACEHOLDER.fullmatch(token) is not None
+
+
+def is_encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (no escaped lone bytes), i.e. can be fed to a tokenizer."""
+    return _SURROGATE.search(text) is None
+
+
+def encodable_mask(texts: Sequence[str]) -> np.ndarray:
+    """`is_encodable` for many texts at once, also False for empty texts (nothing to encode)."""
+    codes = CodePoints(texts)
+    return (codes.lengths > 0) & (codes.count_in_range(0xDC80, 0xDCFF) == 0)
+
+
+def _component_json(component: Any) -> str:
+    if component is None:
+        return ""
+    try:
+        return component.__getstate__().decode("utf-8")
+    except (AttributeError, TypeError, UnicodeDecodeError):
+        return ""
+
+
+def detect_family(tokenizer: Any, tokens: Sequence[str | None] | None = None) -> TokenizerFamily:
+    """Tell a tokenizer's word-boundary convention from its fast backend, else from its vocabulary.
+
+    Args:
+        tokenizer: a transformers tokenizer (fast or slow).
+        tokens: its vocabulary by id, used when the tokenizer has no fast backend.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = backend.model
+        if type(model).__name__ == "WordPiece":
+            return TokenizerFamily(WORDPIECE, model.continuing_subword_prefix or "##")
+        parts = " ".join(
+            _component_json(c) for c in (backend.pre_tokenizer, backend.decoder, backend.normalizer)
+        )
+        if '"ByteLevel"' in parts:
+            return TokenizerFamily(BYTE_LEVEL)
+        # serde writes `▁` literally; a Replace(" " -> "▁") normaliser is how Gemma spells Metaspace.
+        if '"Metaspace"' in parts or METASPACE_MARK in parts or "\\u2581" in parts:
+            return TokenizerFamily(METASPACE)
+    if tokens is None:
+        tokens = list(tokenizer.get_vocab())
+    return _family_from_vocabulary(tokens)
+
+
+def _family_from_vocabulary(tokens: Iterable[str | None]) -> TokenizerFamily:
+    counts = {"##": 0, "Ġ": 0, METASPACE_MARK: 0}
+    total = 0
+    for tok in tokens:
+        if not tok:
+            continue
+        total += 1
+        for mark in counts:
+            if tok.startswith(mark):
+                counts[mark] += 1
+    if total == 0:
+        return TokenizerFamily(WORD)
+    mark, count = max(counts.items(), key=lambda kv: kv[1])
+    if count < 0.05 * total:
+        return TokenizerFamily(WORD)
+    return {
+        "##": TokenizerFamily(WORDPIECE, "##"),
+        "Ġ": TokenizerFamily(BYTE_LEVEL),
+        METASPACE_MARK: TokenizerFamily(METASPACE),
+    }[mark]
+
+
+def _decode_bytes(latin1: str) -> str:
+    return latin1.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _byte_level_texts(strings: list[str], literal: np.ndarray | None) -> list[str]:
+    table = _unicode_to_latin1()
+    latin1 = bulk_map(strings, lambda s: s.translate(table))
+    try:
+        texts = [_decode_bytes(x) for x in latin1]
+    except UnicodeEncodeError:  # some token is not byte-level text (e.g. an added token in CJK)
+        texts = [
+            _decode_bytes(x) if max(x, default="") <= "\xff" else t
+            for x, t in zip(latin1, strings, strict=True)
+        ]
+    if literal is not None:
+        for i in np.flatnonzero(literal).tolist():
+            texts[i] = strings[i]
+    return texts
+
+
+def _nfc(texts: list[str]) -> list[str]:
+    joined = SEP.join(texts)
+    if unicodedata.is_normalized("NFC", joined):
+        return texts
+    return bulk_map(texts, lambda s: unicodedata.normalize("NFC", s))
+
+
+def canonical_forms(
+    tokens: Sequence[str | None],
+    family: TokenizerFamily,
+    literal: np.ndarray | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Canonical `(text, word_start)` of every token of one vocabulary.
+
+    Args:
+        tokens: token strings by id (`None` for ids without a token, which come out as `""`).
+        family: the vocabulary's convention, from `detect_family`.
+        literal: per token, whether it is an added token whose string is plain text rather than
+            the model's encoding (byte-level vocabularies store added tokens un-encoded).
+
+    Returns:
+        `(texts, word_start)`: NFC-normalised texts with the word-start marker removed, and a
+        bool array flagging the tokens that start a word.
+    """
+    strings = [t or "" for t in tokens]
+    name = family.name
+    if name == WORDPIECE:
+        prefix = family.continuation_prefix
+        continuation = CodePoints(strings).startswith(prefix, min_length=len(prefix) + 1)
+        texts, starts = strip_prefix(strings, prefix, continuation), ~continuation
+    elif name == BYTE_LEVEL:
+        texts = _byte_level_texts(strings, literal)
+        starts = CodePoints(texts).startswith(" ")
+        texts = strip_prefix(texts, " ", starts)
+    elif name == METASPACE:
+        codes = CodePoints(strings)
+        starts = codes.startswith(METASPACE_MARK)
+        texts = bulk_map(
+            strip_prefix(strings, METASPACE_MARK, starts), lambda s: s.replace(METASPACE_MARK, " ")
+        )
+        for i in _candidates(codes, "<").tolist():
+            match = _BYTE_FALLBACK.fullmatch(strings[i])
+            if match is not None:
+                texts[i], starts[i] = _from_byte(int(match.group(1), 16))
+    else:
+        texts, starts = list(strings), np.ones(len(strings), dtype=bool)
+    return _nfc(texts), starts
+
+
+def _from_byte(value: int) -> tuple[str, bool]:
+    # A space byte is a bare word start, as `Ġ` and `▁` alone are.
+    if value == 0x20:
+        return "", True
+    return bytes([value]).decode("utf-8", "surrogateescape"), False
+
+
+def is_byte_piece_mask(tokens: Sequence[str | None], family: TokenizerFamily) -> np.ndarray:
+    """Byte-fallback pieces (`<0x41>`), which regular pieces outrank when both match."""
+    mask = np.zeros(len(tokens), dtype=bool)
+    if family.name == METASPACE:
+        strings = [t or "" for t in tokens]
+        for i in _candidates(CodePoints(strings), "<").tolist():
+            mask[i] = _BYTE_FALLBACK.fullmatch(strings[i]) is not None
+    return mask

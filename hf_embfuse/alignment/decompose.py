@@ -1,0 +1,147 @@
+"""Batch-encode canonical texts into a source tokenizer's pieces, as word starts or continuations.
+
+A tokenizer's own `encode` answers "how is this *text* tokenised", which is not the question: a base
+token `##ing` is the *continuation* `ing`, and a plain `encode("ing")` on a SentencePiece or
+RoBERTa-style tokenizer quietly turns it into the word-start `▁ing`/`Ġing`. So the encoder is a
+derived copy of the fast backend (same model object, nothing re-read) with every automatic
+prefix space switched off, and the word-start flag is written explicitly:
+
+| family     | word start            | continuation                                   |
+|------------|-----------------------|------------------------------------------------|
+| byte-level | `" " + text`          | `text`                                         |
+| metaspace  | `" " + text` (-> `▁`) | `text`                                         |
+| wordpiece  | `text`                | `"##" + text`, split on whitespace only, so    |
+|            |                       | the greedy matcher starts with a `##` piece    |
+| word       | `text`                | `text` (no convention to honour)               |
+
+The derived copy also has no post-processor, padding or truncation (BERT checkpoints often ship
+with padding to 128 switched on in `tokenizer.json`). The caller checks the result: a WordPiece
+continuation whose first piece is not a `##` piece (the greedy matcher fell back to `#`) is
+rejected there.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .canonical import BYTE_LEVEL, METASPACE, WORDPIECE, TokenizerFamily
+
+_BATCH = 8192
+
+
+def _switch_off_prefix_space(node: Any) -> Any:
+    """A component's JSON with `Prepend` normalisers removed and prefix spaces switched off."""
+    if isinstance(node, list):
+        return [n for n in (_switch_off_prefix_space(x) for x in node) if n is not None]
+    if not isinstance(node, dict):
+        return node
+    kind = node.get("type")
+    if kind == "Prepend":
+        return None
+    node = {k: _switch_off_prefix_space(v) for k, v in node.items()}
+    if kind == "ByteLevel":
+        node["add_prefix_space"] = False
+    elif kind == "Metaspace":
+        node["prepend_scheme"] = "never"
+        if "add_prefix_space" in node:
+            node["add_prefix_space"] = False
+    return node
+
+
+def _components(normalizer: Any, pre_tokenizer: Any) -> tuple[Any, Any]:
+    """Build normaliser and pre-tokenizer objects from JSON (the library has no public constructor)."""
+    from tokenizers import Tokenizer
+
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"},
+    }
+    holder = Tokenizer.from_str(json.dumps(spec))
+    return holder.normalizer, holder.pre_tokenizer
+
+
+def _state(component: Any) -> Any:
+    return None if component is None else json.loads(component.__getstate__())
+
+
+def _derived(backend: Any, normalizer: Any, pre_tokenizer: Any) -> Any:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer(backend.model)  # shares the model, copies nothing
+    norm, pre = _components(normalizer, pre_tokenizer)
+    if norm is not None:
+        tok.normalizer = norm
+    if pre is not None:
+        tok.pre_tokenizer = pre
+    return tok
+
+
+class PieceEncoder:
+    """Encodes canonical `(text, word_start)` pairs with a source's fast tokenizer, in batches.
+
+    Args:
+        tokenizer: the source's transformers tokenizer; it must have a fast backend
+            (`backend_tokenizer`), which is left untouched.
+        family: its word-boundary convention.
+    """
+
+    def __init__(self, tokenizer: Any, family: TokenizerFamily) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(
+                f"Decomposition needs a fast tokenizer with `backend_tokenizer`; got {type(tokenizer).__name__}. "
+                "Load the source tokenizer with `AutoTokenizer.from_pretrained(..., use_fast=True)`."
+            )
+        self.family = family
+        normalizer = _switch_off_prefix_space(_state(backend.normalizer))
+        pre_tokenizer = _switch_off_prefix_space(_state(backend.pre_tokenizer))
+        self._start = _derived(backend, normalizer, pre_tokenizer)
+        if family.name == WORDPIECE:
+            self._continuation = _derived(backend, normalizer, {"type": "WhitespaceSplit"})
+        else:
+            self._continuation = self._start
+
+    def _prefix(self, word_start: bool) -> str:
+        if word_start:
+            return " " if self.family.name in (BYTE_LEVEL, METASPACE) else ""
+        return self.family.continuation_prefix if self.family.name == WORDPIECE else ""
+
+    def encode(
+        self, texts: list[str], word_start: bool, progress: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts that all start a word, or all continue one.
+
+        Args:
+            texts: canonical texts (valid Unicode, non-empty).
+            word_start: their position.
+            progress: an optional tqdm bar, advanced by the number of texts encoded.
+
+        Returns:
+            `(flat, lengths)`: the piece ids of all texts one after another, and how many each has.
+        """
+        from tokenizers import Encoding
+
+        encoder = self._start if word_start else self._continuation
+        prefix = self._prefix(word_start)
+        flat, lengths = [], []
+        for lo in range(0, len(texts), _BATCH):
+            chunk = [prefix + t for t in texts[lo : lo + _BATCH]]
+            encodings = encoder.encode_batch(chunk, add_special_tokens=False)
+            # One merged Encoding hands back all ids in a single list: far cheaper than `.ids` per text.
+            flat.append(np.asarray(Encoding.merge(encodings, growing_offsets=False).ids, dtype=np.int64))
+            lengths.append(np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings)))
+            if progress is not None:
+                progress.update(len(chunk))
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(flat), np.concatenate(lengths)

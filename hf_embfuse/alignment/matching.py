@@ -1,0 +1,122 @@
+"""The dictionary steps of the cascade: special tokens by string or role, then exact, canonical and
+case-folded text, each a handful of C-level dictionary passes over the whole vocabulary."""
+
+from __future__ import annotations
+
+from itertools import repeat
+
+import numpy as np
+
+from ._strings import bulk_map, take
+from .vocabulary import ROLES, Vocabulary
+
+
+def match_specials(base: Vocabulary, src: Vocabulary, rows: np.ndarray, usable: np.ndarray) -> dict[int, int]:
+    """Base special token -> source special token: the same string first, else the same role.
+
+    A base token holding several roles is matched by the first of them (in `ROLES` order) that
+    the source also has, e.g. GPT-2's `<|endoftext|>` (bos, eos, unk) -> BERT's `[CLS]` (bos).
+    """
+    by_token = {src.tokens[j]: j for j in np.flatnonzero(src.special & usable).tolist()}
+    roles_of: dict[int, list[str]] = {}
+    for role in ROLES:
+        if role in base.roles:
+            roles_of.setdefault(base.roles[role], []).append(role)
+    matched = {}
+    for i in rows.tolist():
+        j = by_token.get(base.tokens[i])
+        for role in roles_of.get(i, ()):
+            if j is not None:
+                break
+            if role in src.roles and usable[src.roles[role]]:
+                j = src.roles[role]
+        if j is not None:
+            matched[i] = j
+    return matched
+
+
+def _lookup(table: dict[str, int], keys: list[str]) -> np.ndarray:
+    """`table.get(k, -1)` for every key, as an int64 array."""
+    return np.fromiter(map(table.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+
+
+class SourceIndex:
+    """A source vocabulary's content tokens as dictionaries, one per word position.
+
+    `canonical[flag]` maps the canonical text of tokens whose word-start flag is `flag` to their id,
+    `casefold[flag]` the case-folded text. Where several tokens share a key, regular pieces beat
+    byte-fallback pieces and lower ids beat higher ones (each dictionary is filled from least to
+    most preferred, so the last write wins). `exact` maps raw token strings to ids.
+
+    Args:
+        src: the source vocabulary.
+        usable: which source ids have a row in the source table.
+    """
+
+    def __init__(self, src: Vocabulary, usable: np.ndarray) -> None:
+        ids = np.flatnonzero(src.content & usable)[::-1]
+        order = np.concatenate([ids[src.byte_piece[ids]], ids[~src.byte_piece[ids]]])
+        self.vocab = src
+        self.exact = dict(zip(take(src.tokens, ids), ids.tolist(), strict=True))
+        self.canonical: dict[bool, dict[str, int]] = {}
+        self.casefold: dict[bool, dict[str, int]] = {}
+        for flag in (False, True):
+            sel = order[src.word_start[order] == flag]
+            texts = take(src.texts, sel)
+            self.canonical[flag] = dict(zip(texts, sel.tolist(), strict=True))
+            self.casefold[flag] = dict(zip(bulk_map(texts, str.casefold), sel.tolist(), strict=True))
+
+
+def dictionary_passes(
+    base: Vocabulary, index: SourceIndex, rows: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Canonical, exact and case-folded look-ups for base `rows`.
+
+    Returns:
+        outcome (`"exact"`, `"canonical"`, `"casefold"`) -> (base rows, matched source rows).
+    """
+    src = index.vocab
+    found = {name: ([], []) for name in ("exact", "canonical", "casefold")}
+    for flag in (False, True):
+        sel = rows[base.word_start[rows] == flag]
+        texts = take(base.texts, sel)
+        hit = _lookup(index.canonical[flag], texts)
+
+        # The canonical hit is labelled exact when the raw strings agree too. A same-string source
+        # token is preferred when the canonical winner differs (e.g. two byte-level spellings).
+        matched = np.flatnonzero(hit >= 0)
+        same = np.array(
+            [
+                a == b
+                for a, b in zip(take(base.tokens, sel[matched]), take(src.tokens, hit[matched]), strict=True)
+            ],
+            dtype=bool,
+        )
+        differ = np.flatnonzero(~same)
+        alt = _lookup(index.exact, take(base.tokens, sel[matched[differ]]))
+        for pos, j in zip(differ.tolist(), alt.tolist(), strict=True):
+            k = matched[pos]
+            if j >= 0 and src.word_start[j] == flag and src.texts[j] == texts[k]:
+                hit[k], same[pos] = j, True
+        exact = np.zeros(sel.size, dtype=bool)
+        exact[matched[same]] = True
+        _append(found["exact"], sel[exact], hit[exact])
+        _append(found["canonical"], sel[(hit >= 0) & ~exact], hit[(hit >= 0) & ~exact])
+
+        # Case-folded: a source token already in folded form ("apple") before any that folds to it.
+        rest = np.flatnonzero(hit < 0)
+        folded = bulk_map(take(texts, rest), str.casefold)
+        fold_hit = _lookup(index.canonical[flag], folded)
+        missing = np.flatnonzero(fold_hit < 0)
+        fold_hit[missing] = _lookup(index.casefold[flag], take(folded, missing))
+        ok = fold_hit >= 0
+        _append(found["casefold"], sel[rest[ok]], fold_hit[ok])
+    return {
+        name: (np.concatenate(b).astype(np.int64), np.concatenate(s).astype(np.int64))
+        for name, (b, s) in found.items()
+    }
+
+
+def _append(bucket: tuple[list, list], base_rows: np.ndarray, src_rows: np.ndarray) -> None:
+    bucket[0].append(base_rows)
+    bucket[1].append(src_rows)

@@ -24,7 +24,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.fixtures_hub import *  # noqa: F403  (until tests/conftest.py registers tests.fixtures_hub)
 from tests.hub_server import HubServer
 
 REPO = "test-user/demo"

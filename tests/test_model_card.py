@@ -9,7 +9,6 @@ import yaml
 from huggingface_hub import HfApi, ModelCard, metadata_load
 
 from hf_embfuse.model_card import TASKS, build_model_card, eval_markdown
-from tests.fixtures_hub import *  # noqa: F403  (until tests/conftest.py registers tests.fixtures_hub)
 from tests.hub_routes import validate_card_metadata
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"

@@ -203,7 +203,9 @@ def _project(
     seed: int,
 ) -> tuple[SourceSpec, dict[str, Any]]:
     """Map the aligned rows into the base space as the recipe asks; return the spec and what was measured."""
-    anchors = anchor_mask(aligned.coverage, exclude=special)
+    # Anchors: rows matched to one source row by their text. Decomposed rows are averages of pieces
+    # (poor anchors: measured 0.48 vs 0.56 held-out cosine for SmolLM2) and specials carry roles.
+    anchors = anchor_mask(aligned.anchor_mask, exclude=special)
     info = {
         "name": table.name,
         "kind": table.kind,

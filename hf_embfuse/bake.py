@@ -1,0 +1,299 @@
+"""Bake: turn an EmbFuse model into a plain checkpoint of its base architecture.
+
+Every mixing mode's weights depend on the token id only (`gated` scores each token's own projected
+vectors), so the whole mixture is one `V × d` matrix, `MultiSourceEmbedding.fused_weight()`. Written
+into the base model's embedding, it gives a checkpoint that loads with any transformers installation,
+without `trust_remote_code`, and runs exactly as fast as the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+
+from .atomic import OutputExistsError, atomic_output_dir
+from .training._modules import find_fused_embedding
+
+logger = logging.getLogger(__name__)
+
+_WRAPPER_PREFIX = "EmbFuse"
+# Tokenizer (and chat template) files copied from an EmbFuse folder into the baked one.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# Submodules and buffers of MultiSourceEmbedding that exist only to compute the mixture.
+_FUSED_PARTS = ("source_tables.", "projections.", "mixer.", "coverage")
+
+
+def _auto_class(wrapper_name: str) -> type:
+    """`EmbFuseForSequenceClassification` -> `AutoModelForSequenceClassification`, `EmbFuseModel` -> `AutoModel`."""
+    suffix = wrapper_name[len(_WRAPPER_PREFIX) :] if wrapper_name.startswith(_WRAPPER_PREFIX) else ""
+    auto = None
+    if suffix == "Model" or suffix.startswith("For"):
+        auto = getattr(transformers, "AutoModel" + suffix.removeprefix("Model"), None)
+    if auto is None:
+        raise ValueError(
+            f"Cannot bake a {wrapper_name}: expected one of the EmbFuse wrappers (EmbFuseModel, "
+            "EmbFuseForSequenceClassification, EmbFuseForCausalLM, ...)."
+        )
+    return auto
+
+
+@torch.no_grad()
+def bake(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain base-architecture model whose input embedding is the EmbFuse model's fused matrix.
+
+    The result is an ordinary transformers model (e.g. `BertForSequenceClassification`) that owns copies
+    of all its tensors, in the same dtype, device and train/eval mode as `model`; its outputs equal
+    `model`'s up to float rounding.
+
+    A tied LM head is *untied*: in the EmbFuse model the head shares the base model's own table (source 0)
+    while the input is the mixture, so the baked model needs two different matrices. It gets
+    `tie_word_embeddings=False` and an `lm_head` holding a copy of the original base table; tying it to
+    the fused matrix instead would silently change every prediction.
+
+    Args:
+        model: an EmbFuse model (`hf_embfuse.EmbFuse*`, or the same classes loaded with `trust_remote_code`).
+            A PEFT model must be merged first (`model.merge_and_unload()`).
+
+    Raises:
+        ValueError: `model` is a PEFT model or not an EmbFuse model.
+    """
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            f"bake() got a PEFT model ({type(model).__name__}); merge the adapter first: "
+            "`model = model.merge_and_unload()`, then bake."
+        )
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) != "embfuse":
+        raise ValueError(
+            f"bake() needs an EmbFuse model (model_type 'embfuse'); got {type(model).__name__} with model_type "
+            f"{getattr(config, 'model_type', None)!r}. A plain model needs no baking."
+        )
+    auto_class = _auto_class(type(model).__name__)
+    _, embedding = find_fused_embedding(model)
+    output = model.get_output_embeddings()
+    head_is_tied = output is not None and output.weight is embedding.weight
+
+    base_config = copy.deepcopy(config.base_config)
+    if hasattr(base_config, "auto_map"):
+        del base_config.auto_map  # a plain checkpoint names no remote code
+    if head_is_tied:
+        base_config.tie_word_embeddings = False
+        base_config.get_text_config(decoder=True).tie_word_embeddings = False
+    if getattr(base_config, "id2label", None) is not None and len(config.id2label) == len(
+        base_config.id2label
+    ):
+        # Users and pipelines edit the top-level labels; the head's size is the base config's.
+        base_config.id2label, base_config.label2id = dict(config.id2label), dict(config.label2id)
+
+    from accelerate import init_empty_weights
+
+    # Parameters on the meta device (nothing initialised twice), buffers real: non-persistent buffers
+    # such as rotary frequencies are not in the state dict and must be built here.
+    with init_empty_weights(include_buffers=False):
+        baked = auto_class.from_config(base_config)
+    scale = getattr(baked.get_input_embeddings(), "embed_scale", None)
+    fused = embedding.fused_weight().float()
+    if scale is not None:
+        # The base's embedding module multiplies its table by `embed_scale` (Gemma); the fused vectors
+        # already include that factor.
+        fused = fused / float(scale)
+    fused = fused.to(embedding.weight.dtype)
+
+    embedding_paths = [
+        name for name, module in model.named_modules(remove_duplicate=False) if module is embedding
+    ]
+    state = {}
+    for key, tensor in model.state_dict().items():
+        path = next((p for p in embedding_paths if key.startswith(p + ".")), None)
+        if path is None:
+            state[key] = tensor.detach().clone()
+        elif key == f"{path}.weight":
+            state[key] = fused.clone()
+        elif not key[len(path) + 1 :].startswith(_FUSED_PARTS):
+            state[key] = tensor.detach().clone()
+    expected = set(baked.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"Cannot bake {type(model).__name__} into {type(baked).__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. The EmbFuse model's parameter names must be its base model's."
+        )
+    baked.load_state_dict(state, strict=True, assign=True)
+    for parameter in baked.parameters():
+        parameter.requires_grad_(True)
+    generation_config = getattr(model, "generation_config", None)
+    if baked.can_generate() and generation_config is not None:
+        baked.generation_config = copy.deepcopy(generation_config)
+    baked.config.architectures = [type(baked).__name__]
+    baked.name_or_path = config.base_model_name_or_path or ""
+    return baked.train(model.training)
+
+
+def load_embfuse_folder(folder: str | os.PathLike) -> PreTrainedModel:
+    """Load an EmbFuse checkpoint folder with this package's classes, after checking it is one.
+
+    Raises:
+        FileNotFoundError: the folder, its `config.json` or its weights are missing.
+        ValueError: the folder is not an EmbFuse checkpoint (a plain model, a PEFT adapter, ...).
+    """
+    import hf_embfuse
+
+    folder = Path(folder)
+    wrapper = _check_embfuse_folder(folder)
+    return getattr(hf_embfuse, wrapper).from_pretrained(folder, dtype="auto")
+
+
+def _check_embfuse_folder(folder: Path) -> str:
+    """Validate `folder` as an EmbFuse checkpoint; return the wrapper class name to load it with."""
+    import hf_embfuse
+
+    expected = "a folder written by hf-embfuse (config.json with model_type 'embfuse', and model.safetensors)"
+    if not folder.exists():
+        raise FileNotFoundError(f"{str(folder)!r} does not exist; expected {expected}.")
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; expected {expected}.")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        if (folder / "adapter_config.json").is_file():
+            raise ValueError(
+                f"{str(folder)!r} is a PEFT adapter, not a full checkpoint; expected {expected}. Load the EmbFuse "
+                "model with the adapter, `merge_and_unload()`, `save_pretrained(...)`, then bake that folder."
+            )
+        raise FileNotFoundError(f"{str(folder)!r} has no config.json; expected {expected}.")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON ({error}); expected {expected}.") from error
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != "embfuse":
+        raise ValueError(
+            f"{str(folder)!r} holds a {model_type!r} checkpoint, not an embfuse one; expected {expected}. "
+            "A plain checkpoint needs no baking."
+        )
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise FileNotFoundError(f"{str(folder)!r} has a config.json but no weights; expected {expected}.")
+    architectures = raw.get("architectures") or ["EmbFuseModel"]
+    wrapper = architectures[0]
+    if not wrapper.startswith(_WRAPPER_PREFIX) or not hasattr(hf_embfuse, wrapper):
+        raise ValueError(
+            f"{str(folder)!r} names architecture {wrapper!r}, which is not an EmbFuse wrapper; expected one of "
+            "EmbFuseModel, EmbFuseForSequenceClassification, EmbFuseForTokenClassification, EmbFuseForMaskedLM, "
+            "EmbFuseForCausalLM."
+        )
+    return wrapper
+
+
+def bake_to_folder(
+    src_dir_or_model: str | os.PathLike | PreTrainedModel,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Bake an EmbFuse checkpoint folder (or model) into a plain checkpoint folder.
+
+    The output holds the baked model's config and weights, its generation config, and the tokenizer files
+    of the source folder if it has any; no `.py` files and no `auto_map`, so
+    `AutoModelFor*.from_pretrained(out_dir)` loads it without `trust_remote_code`. It is written into a
+    temporary folder beside `out_dir` and renamed into place when complete: on any error nothing is left.
+
+    Args:
+        src_dir_or_model: an EmbFuse checkpoint folder, or an EmbFuse model in memory.
+        out_dir: the folder to write.
+        overwrite: replace `out_dir` if it exists.
+
+    Returns:
+        `out_dir` as a `Path`.
+
+    Raises:
+        FileNotFoundError / ValueError: the source is not an EmbFuse checkpoint (the message names it).
+        OutputExistsError: `out_dir` exists and `overwrite` is false.
+    """
+    out_dir = Path(out_dir)
+    source_folder = None
+    if isinstance(src_dir_or_model, (str, os.PathLike)):
+        source_folder = Path(src_dir_or_model)
+        _check_embfuse_folder(source_folder)
+        if out_dir.resolve() == source_folder.resolve():
+            raise ValueError(
+                f"The output folder {str(out_dir)!r} is the EmbFuse checkpoint being baked; choose another --out."
+            )
+    elif not isinstance(src_dir_or_model, nn.Module):
+        raise ValueError(
+            f"bake_to_folder() takes an EmbFuse checkpoint folder or model, got {type(src_dir_or_model).__name__}."
+        )
+    if out_dir.exists() and not overwrite:
+        # Checked before the (possibly long) load and bake; atomic_output_dir checks again.
+        raise OutputExistsError(
+            f"Output folder {str(out_dir)!r} already exists; pass --overwrite to replace it."
+        )
+    model = load_embfuse_folder(source_folder) if source_folder is not None else src_dir_or_model
+    baked = bake(model)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        baked.save_pretrained(staging)
+        if source_folder is not None:
+            for name in TOKENIZER_FILES:
+                if (source_folder / name).is_file():
+                    shutil.copy2(source_folder / name, staging / name)
+        _check_plain_checkpoint(staging)
+    logger.info("Baked %s into %s (%s)", source_folder or type(model).__name__, out_dir, type(baked).__name__)
+    return out_dir
+
+
+def _check_plain_checkpoint(folder: Path) -> None:
+    code_files = sorted(path.name for path in folder.glob("*.py"))
+    config = json.loads((folder / "config.json").read_text())
+    if code_files or "auto_map" in config or config.get("model_type") == "embfuse":
+        raise RuntimeError(
+            f"Baking produced a checkpoint that needs remote code (code files {code_files}, auto_map "
+            f"{config.get('auto_map')}); this is a bug in hf_embfuse.bake."
+        )
+
+
+def bake_command(args: argparse.Namespace) -> int:
+    """`hf-embfuse bake FOLDER --out OUT [--overwrite]`: the CLI entry (`args.folder`, `args.out`, `args.overwrite`)."""
+    out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
+    print(f"baked {args.folder} -> {out}: a plain checkpoint, loads without trust_remote_code")
+    return 0
+
+
+def register_bake_command(commands: argparse._SubParsersAction) -> None:
+    """Add the `bake` sub-command to the `hf-embfuse` parser (for `cli._COMMAND_REGISTRARS`)."""
+    parser = commands.add_parser(
+        "bake", help="write a plain base-architecture checkpoint with the fused embedding"
+    )
+    parser.add_argument("folder", help="an EmbFuse checkpoint folder")
+    parser.add_argument("--out", required=True, help="output folder (written all at once)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(run=bake_command)
+
+
+__all__ = ["bake", "bake_command", "bake_to_folder", "load_embfuse_folder", "register_bake_command"]

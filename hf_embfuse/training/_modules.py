@@ -1,0 +1,87 @@
+"""Find the fused embedding and its parts inside any model that holds one.
+
+The model may be one of our `EmbFuse*` classes, the same classes loaded from a checkpoint's own code
+(`trust_remote_code=True`, so a different Python class object), a `PeftModel` around either, or a
+DDP/FSDP wrapper. Hence matching is by class name and attributes, never by `isinstance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+EMBEDDING_CLASS_NAME = "MultiSourceEmbedding"
+
+
+def is_fused_embedding(module: nn.Module) -> bool:
+    return type(module).__name__ == EMBEDDING_CLASS_NAME and hasattr(module, "fused_weight")
+
+
+def find_fused_embedding(model: nn.Module) -> tuple[str, nn.Module]:
+    """Return `(qualified name, module)` of the model's `MultiSourceEmbedding`.
+
+    Raises:
+        ValueError: the model has none (it is not an EmbFuse model), or more than one.
+    """
+    found = [(name, module) for name, module in model.named_modules() if is_fused_embedding(module)]
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no MultiSourceEmbedding: it is not an EmbFuse model. Build one with "
+            "`hf_embfuse.fuse(...)` or `EmbFuse*.from_base(...)`, or load an embfuse checkpoint."
+        )
+    if len(found) > 1:
+        names = ", ".join(name for name, _ in found)
+        raise ValueError(
+            f"{type(model).__name__} has several MultiSourceEmbedding modules ({names}); expected one."
+        )
+    return found[0]
+
+
+def source_names(model: nn.Module, num_sources: int) -> list[str]:
+    """Readable, unique names of the sources, from the EmbFuse config when there is one."""
+    config = getattr(model, "config", None)
+    entries = getattr(config, "sources", None) or []
+    names = []
+    for index in range(num_sources):
+        entry = entries[index] if index < len(entries) else {}
+        name = str(entry.get("name") or ("base" if index == 0 else f"source{index}"))
+        name = name.replace("/", "_").replace(" ", "_")
+        names.append(name if name not in names else f"{name}_{index}")
+    return names
+
+
+@dataclass
+class FusedParameters:
+    """The parameters of a model, split by role. Each list holds distinct parameters, in model order."""
+
+    mixer: list[nn.Parameter] = field(default_factory=list)
+    projections: list[nn.Parameter] = field(default_factory=list)
+    sources: list[nn.Parameter] = field(default_factory=list)
+    base_table: list[nn.Parameter] = field(default_factory=list)
+    base: list[nn.Parameter] = field(default_factory=list)
+
+
+def split_parameters(model: nn.Module) -> tuple[FusedParameters, dict[int, str]]:
+    """Split `model`'s parameters into mixer / projections / source tables / base table / everything else.
+
+    Returns the split and a map from `id(parameter)` to its (first) qualified name. Works on PEFT models:
+    the copies PEFT makes of `mixer` (``modules_to_save``) live inside the mixer module and count as mixer.
+    """
+    _, embedding = find_fused_embedding(model)
+    roles: dict[int, str] = {}
+    for parameter in embedding.mixer.parameters():
+        roles[id(parameter)] = "mixer"
+    for parameter in embedding.projections.parameters():
+        roles[id(parameter)] = "projections"
+    for parameter in embedding.source_tables.parameters():
+        roles[id(parameter)] = "sources"
+    roles[id(embedding.weight)] = "base_table"
+    split = FusedParameters()
+    names: dict[int, str] = {}
+    for name, parameter in model.named_parameters():
+        if id(parameter) in names:
+            continue
+        names[id(parameter)] = name
+        getattr(split, roles.get(id(parameter), "base")).append(parameter)
+    return split, names

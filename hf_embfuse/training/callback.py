@@ -1,0 +1,214 @@
+"""`MixingWeightsCallback`: log how much each source contributes while the Trainer trains."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ._modules import find_fused_embedding, source_names
+from .distributed import check_config_consistency
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILE = "mixing_weights.json"
+PLOT_FILE = "mixing_weights.png"
+
+
+@torch.no_grad()
+def mixing_statistics(
+    model: nn.Module, *, max_tokens: int | None = 50_000, chunk_size: int = 8192
+) -> dict[str, Any] | None:
+    """Mean and standard deviation over the vocabulary of each source's mixing weight.
+
+    Args:
+        model: an EmbFuse model, or a PEFT/DDP wrapper around one.
+        max_tokens: above this vocabulary size, use this many evenly spaced token ids instead of all of them
+            (the same ids every call and on every rank). `None`: always the whole vocabulary.
+        chunk_size: token ids per forward pass of the mixer.
+
+    Returns:
+        `{"sources": [...], "mixing": mode, "mean": [...], "std": [...], "gate_norm": [...] or None}`, or `None`
+        when the mixing parameters are sharded on this rank (ZeRO-3, FSDP flat parameters) and cannot be read.
+    """
+    _, embedding = find_fused_embedding(model)
+    mixer = embedding.mixer
+    num_sources = embedding.num_sources
+    if mixer.logits.numel() != num_sources:
+        return None
+    vocab = embedding.num_embeddings
+    device = embedding.weight.device
+    if max_tokens is not None and vocab > max_tokens:
+        ids = torch.linspace(0, vocab - 1, max_tokens, device=device).long()
+    else:
+        ids = torch.arange(vocab, device=device)
+    total = torch.zeros(num_sources, dtype=torch.float64, device=device)
+    total_sq = torch.zeros_like(total)
+    for chunk in ids.split(chunk_size):
+        weights = embedding.mix(chunk)[1].double()
+        total += weights.sum(dim=0)
+        total_sq += weights.pow(2).sum(dim=0)
+    count = ids.numel()
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
+    gate = getattr(mixer, "gate", None)
+    return {
+        "sources": source_names(model, num_sources),
+        "mixing": mixer.mode,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "gate_norm": None if gate is None else gate.detach().float().norm(dim=-1).tolist(),
+    }
+
+
+class MixingWeightsCallback(TrainerCallback):
+    """Log each source's mean mixing weight during training; write its history and a plot at the end.
+
+    On every log, adds `mixing/<source>` (the weight averaged over the vocabulary) to the Trainer's logs,
+    and for `gated` mixing also `mixing_std/<source>` (how much the weight varies across tokens) and
+    `mixing_gate_norm/<source>`. At the end of training the main process writes `mixing_weights.json`
+    (the history) and `mixing_weights.png` (weights over steps; needs matplotlib) into `args.output_dir`.
+
+    The Trainer calls callbacks in order and reporting integrations (TensorBoard, W&B, ...) come before
+    callbacks passed in `callbacks=`, so with a plain `Trainer` the values reach `trainer.state.log_history`,
+    the progress bar and later callbacks but not those reporters. `EmbFuseTrainer` puts this callback first,
+    so every reporter sees them.
+
+    Args:
+        plot: write `mixing_weights.png` at the end of training (needs `pip install 'hf-embfuse[plot]'`).
+        max_tokens: vocabulary subsample size for the statistics (see `mixing_statistics`).
+        check_consistency: at the start of training under `torch.distributed`, verify that every rank built
+            the same EmbFuse model (`check_config_consistency`).
+    """
+
+    def __init__(self, plot: bool = True, max_tokens: int | None = 50_000, check_consistency: bool = True):
+        self.plot = plot
+        self.max_tokens = max_tokens
+        self.check_consistency = check_consistency
+        self.history: list[dict[str, Any]] = []
+        self.sources: list[str] = []
+        self.mixing: str | None = None
+        self._warned_sharded = False
+        if plot and importlib.util.find_spec("matplotlib") is None:
+            logger.warning(
+                "matplotlib is not installed, so %s will not be written; `pip install 'hf-embfuse[plot]'` "
+                "(or pass plot=False to silence this).",
+                PLOT_FILE,
+            )
+            self.plot = False
+
+    def _record(self, model: nn.Module, step: int) -> dict[str, float]:
+        stats = mixing_statistics(model, max_tokens=self.max_tokens)
+        if stats is None:
+            if not self._warned_sharded:
+                logger.warning(
+                    "The mixing parameters are sharded on this rank (ZeRO-3 or FSDP flat parameters), so "
+                    "MixingWeightsCallback logs nothing; use ZeRO-2 / FSDP2 to see the mixing weights."
+                )
+                self._warned_sharded = True
+            return {}
+        self.sources, self.mixing = stats["sources"], stats["mixing"]
+        record = {"step": step, "mean": dict(zip(self.sources, stats["mean"], strict=True))}
+        if stats["mixing"] == "gated":
+            record["std"] = dict(zip(self.sources, stats["std"], strict=True))
+            record["gate_norm"] = dict(zip(self.sources, stats["gate_norm"], strict=True))
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1] = record
+        else:
+            self.history.append(record)
+        logs = {f"mixing/{name}": value for name, value in record["mean"].items()}
+        for key in ("std", "gate_norm"):
+            logs.update({f"mixing_{key}/{name}": value for name, value in record.get(key, {}).items()})
+        return logs
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs["model"]
+        if self.check_consistency:
+            check_config_consistency(model)
+        self.history = []
+        self._record(model, state.global_step)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        values = self._record(kwargs["model"], state.global_step)
+        if logs is not None:
+            logs.update(values)
+        # The Trainer appended a copy of `logs` to the history just before calling us: complete it too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._record(kwargs["model"], state.global_step)
+        if not state.is_world_process_zero or not self.history:
+            return
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        history = {"mixing": self.mixing, "sources": self.sources, "history": self.history}
+        _write_atomically(output_dir / HISTORY_FILE, json.dumps(history, indent=2).encode())
+        if self.plot:
+            plot_mixing_history(history, output_dir / PLOT_FILE)
+
+
+def plot_mixing_history(history: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Plot the mean mixing weight of each source over training steps (±1 std band when gated) to a PNG.
+
+    Args:
+        history: the content of `mixing_weights.json` as written by `MixingWeightsCallback`.
+        path: the PNG file to write.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "Plotting the mixing weights needs matplotlib: `pip install 'hf-embfuse[plot]'`."
+        ) from error
+    records = history["history"]
+    steps = [record["step"] for record in records]
+    # A bare Figure with its own Agg canvas: no pyplot global state, no GUI backend.
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    banded = all("std" in record for record in records)
+    for name in history["sources"]:
+        mean = [record["mean"][name] for record in records]
+        (line,) = axes.plot(steps, mean, marker="o", markersize=3, label=name)
+        if banded:
+            low = [max(m - record["std"][name], 0.0) for m, record in zip(mean, records, strict=True)]
+            high = [min(m + record["std"][name], 1.0) for m, record in zip(mean, records, strict=True)]
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    axes.set_xlabel("step")
+    axes.set_ylabel("mean mixing weight" + (" (band: ±1 std over tokens)" if banded else ""))
+    axes.set_ylim(0, 1)
+    axes.set_title(f"Mixing weights per source ({history.get('mixing')})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    figure.savefig(staging, format="png")
+    os.replace(staging, path)
+    return path
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_bytes(data)
+    os.replace(staging, path)

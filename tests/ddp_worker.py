@@ -1,0 +1,72 @@
+"""One rank of the multi-process tests (tests/test_ddp_training.py); launched by `accelerate launch`.
+
+Usage: ddp_worker.py OUT_DIR SCENARIO
+  train            every rank builds the same tiny fused model and trains a few steps with EmbFuseTrainer
+  mismatch-config  rank 1 uses another mixing temperature (same tensor shapes: DDP alone would not notice)
+  mismatch-shape   rank 1 uses gated mixing (an extra tensor: DDP would fail inside torch without our check)
+Each rank writes its mixer before/after training to OUT_DIR/rank<r>.safetensors, or the error it
+raised to OUT_DIR/rank<r>.error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from safetensors.torch import save_file  # noqa: E402
+from transformers import TrainingArguments  # noqa: E402
+
+from hf_embfuse.training import EmbFuseTrainer  # noqa: E402
+from tests.fixtures_models import tiny_fused  # noqa: E402
+from tests.test_trainer_mixing import TinyTask  # noqa: E402
+
+
+def main(out_dir: Path, scenario: str) -> int:
+    # TrainingArguments sets up torch.distributed (gloo on CPU) from the launcher's environment.
+    args = TrainingArguments(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=2,
+        disable_tqdm=True,
+        use_cpu=True,
+        ddp_backend="gloo",
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    rank = args.process_index
+    assert args.world_size == 2, f"expected 2 processes, got {args.world_size}"
+    kwargs = {"mixing": "learned"}
+    if rank == 1 and scenario == "mismatch-config":
+        kwargs["mixing_temperature"] = 2.0
+    if rank == 1 and scenario == "mismatch-shape":
+        kwargs["mixing"] = "gated"
+    model = tiny_fused("bert", "sequence-classification", seed=0, **kwargs).train()
+    mixer = model.get_input_embeddings().mixer
+    before = {f"before.{k}": v.detach().clone() for k, v in mixer.state_dict().items()}
+    trainer = EmbFuseTrainer(model=model, args=args, train_dataset=TinyTask(), mixer_lr=5e-2)
+    try:
+        trainer.train()
+    except ValueError as error:
+        (out_dir / f"rank{rank}.error").write_text(str(error))
+        return 3
+    after = {f"after.{k}": v.detach().clone().contiguous() for k, v in mixer.state_dict().items()}
+    save_file({**before, **after}, out_dir / f"rank{rank}.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(Path(sys.argv[1]), sys.argv[2])
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(code)  # skip slow interpreter teardown of the worker

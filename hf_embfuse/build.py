@@ -170,6 +170,7 @@ def fuse_recipe(
             table,
             num_rows=num_rows,
             decompose=source.decompose,
+            min_coverage=source.min_coverage,
             allow_low_coverage=source.allow_low_coverage,
             show_progress=show_progress,
         )
@@ -214,7 +215,9 @@ def _project(
         "alignment": aligned.report.to_dict(),
     }
     if source.projection == "identity":
-        return SourceSpec(aligned.table, aligned.coverage, projection="identity", info=info), {"method": "identity"}
+        return SourceSpec(aligned.table, aligned.coverage, projection="identity", info=info), {
+            "method": "identity"
+        }
     linear = fit_linear_map(aligned.table, base_table, anchors, seed=seed)
     fit = {"method": linear.method, "anchors": linear.n_anchors, "heldout_cosine": linear.heldout_cosine}
     if source.projection == "linear":

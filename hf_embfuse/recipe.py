@@ -26,16 +26,23 @@ class _Strict(BaseModel):
 class SourceRecipe(_Strict):
     """One source: an HF checkpoint (folder or Hub id), a GGUF file, or a static word-vector file."""
 
-    path: str = Field(description="Folder, Hub id, .gguf file or vector file; `pkg:NAME/sub` = inside a package.")
+    path: str = Field(
+        description="Folder, Hub id, .gguf file or vector file; `pkg:NAME/sub` = inside a package."
+    )
     name: str | None = Field(None, description="Display name; defaults to the path.")
     kind: Literal["hf", "gguf", "vectors"] | None = Field(None, description="Reader; guessed from the path.")
     revision: str | None = None
     vocab_path: str | None = Field(None, description="Vocabulary file of a `.npy` vector table.")
     projection: Projection = Field("transport", description="How rows are mapped into the base space.")
-    weight: float | None = Field(None, ge=0, description="Initial mixing weight (all sources share 1 - base_weight).")
+    weight: float | None = Field(
+        None, ge=0, description="Initial mixing weight (all sources share 1 - base_weight)."
+    )
     decompose: bool = True
+    min_coverage: float = Field(0.01, ge=0, le=1, description="Least share of base content tokens to cover.")
     allow_low_coverage: bool = False
-    allow_pickle: bool = Field(False, description="Allow unpickling `.bin`/`.pt` weights (weights_only=True).")
+    allow_pickle: bool = Field(
+        False, description="Allow unpickling `.bin`/`.pt` weights (weights_only=True)."
+    )
     trust_remote_code: bool = Field(False, description="Allow a tokenizer that needs custom code.")
     transport_k: int = Field(10, ge=1)
     transport_temperature: float = Field(0.1, gt=0)
@@ -79,7 +86,9 @@ class Recipe(_Strict):
         if given and len(given) != len(self.sources):
             raise ValueError("give `weight` for every source or for none")
         if given and abs(sum(given) + self.base_weight - 1) > 1e-4:
-            raise ValueError(f"base_weight + source weights must sum to 1, got {self.base_weight + sum(given):.6g}")
+            raise ValueError(
+                f"base_weight + source weights must sum to 1, got {self.base_weight + sum(given):.6g}"
+            )
         return self
 
     def initial_weights(self) -> list[float]:

@@ -285,8 +285,8 @@ def bake_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_bake_command(commands: argparse._SubParsersAction) -> None:
-    """Add the `bake` sub-command to the `hf-embfuse` parser (for `cli._COMMAND_REGISTRARS`)."""
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """Add the `bake` sub-command to the `hf-embfuse` parser (see `cli.COMMAND_MODULES`)."""
     parser = commands.add_parser(
         "bake", help="write a plain base-architecture checkpoint with the fused embedding"
     )
@@ -296,4 +296,4 @@ def register_bake_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=bake_command)
 
 
-__all__ = ["bake", "bake_command", "bake_to_folder", "load_embfuse_folder", "register_bake_command"]
+__all__ = ["add_command", "bake", "bake_command", "bake_to_folder", "load_embfuse_folder"]

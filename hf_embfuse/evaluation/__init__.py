@@ -24,6 +24,8 @@ _EXPORTS = {
     "compare_tables": "compare",
     "average_baseline": "baselines",
     "concat_baseline": "baselines",
+    "evaluate_fused": "fused",
+    "projected_tables": "fused",
 }
 
 __all__ = [
@@ -34,11 +36,13 @@ __all__ = [
     "average_baseline",
     "compare_tables",
     "concat_baseline",
+    "evaluate_fused",
     "evaluate_wordsim",
     "find_wordsim_files",
     "load_standard_wordsim",
     "load_wordsim",
     "parse_wordsim",
+    "projected_tables",
     "rankdata",
     "spearman",
     "word_vectors",
@@ -47,6 +51,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .baselines import average_baseline, concat_baseline
     from .compare import ComparisonTable, compare_tables
+    from .fused import evaluate_fused, projected_tables
     from .ranks import rankdata, spearman
     from .wordsim import WordSimResult, evaluate_wordsim, word_vectors
     from .wordsim_data import (

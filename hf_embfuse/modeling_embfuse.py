@@ -506,7 +506,7 @@ def _load_sources(embedding: MultiSourceEmbedding, sources: list[SourceSpec]) ->
     device = embedding.weight.device
     for index, spec in enumerate(sources, start=1):
         table = embedding.source_tables[index - 1]
-        table.data = spec.table.detach().to(device=device, dtype=table.dtype).clone()
+        table.data = spec.table.detach().to(device=device, dtype=table.dtype, copy=True)
         if spec.coverage is not None:
             embedding.coverage[:, index] = spec.coverage.to(device=device, dtype=torch.bool)
         else:

@@ -12,7 +12,8 @@ model at other fixed weightings (`--weightings`).
 Other weightings are applied by setting the mixer to `fixed` with the given weights, which gives the
 table `fuse(..., mixing="fixed", base_weight=w0)` builds (same sources, same transport; only the mix
 differs) without reading and aligning the sources again; `--check-rebuild` builds one with `fuse`
-and confirms it.
+and confirms it. `--linear` also builds the same recipe with linear (ridge) maps instead of
+transport, for the comparison in DESIGN.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hf_embfuse.evaluation import evaluate_fused, load_standard_wordsim
 from hf_embfuse.evaluation.command import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTINGS = ((0.75, 0.125, 0.125), (0.6, 0.2, 0.2), (0.4, 0.3, 0.3), (1.0, 0.0, 0.0))
+WEIGHTINGS = ((0.75, 0.125, 0.125), (0.6, 0.2, 0.2), (0.4, 0.3, 0.3), (1 / 3, 1 / 3, 1 / 3), (1.0, 0.0, 0.0))
 
 
 def build(recipe_path: Path, out: Path, rebuild: bool) -> float:
@@ -67,6 +68,26 @@ def check_rebuild(recipe_path: Path, model: torch.nn.Module, weights: tuple[floa
     return (ours - theirs).abs().max().item()
 
 
+def fuse_linear(recipe_path: Path) -> torch.nn.Module:
+    """The demo recipe with every source mapped by an anchor-fitted linear map instead of transport."""
+    from hf_embfuse.build import fuse
+    from hf_embfuse.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    sources = [{**s.model_dump(exclude_none=True), "projection": "linear"} for s in recipe.sources]
+    return fuse(recipe.base, sources, mixing="fixed", base_weight=recipe.base_weight, seed=recipe.seed).model
+
+
+def reweighted_rows(model, tokenizer, datasets, label: str) -> dict:
+    """The fused row of `model` at each of `WEIGHTINGS`."""
+    rows = {}
+    for weights in WEIGHTINGS:
+        set_fixed_weights(model, weights)
+        per_dataset = evaluate_fused(model, tokenizer, datasets, baselines=False)
+        rows[f"{label} " + "/".join(f"{w:.3g}" for w in weights)] = per_dataset.results[per_dataset.tables[0]]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +96,7 @@ def main() -> None:
     parser.add_argument("--out", default=ROOT / "outputs" / "fused-minilm", type=Path)
     parser.add_argument("--rebuild", action="store_true", help="build the model even if --out holds one")
     parser.add_argument("--json", type=Path, help="also write every table as JSON")
+    parser.add_argument("--linear", action="store_true", help="also build and score linear-map projections")
     parser.add_argument(
         "--check-rebuild", action="store_true", help="confirm a reweighting equals a fresh fuse()"
     )
@@ -99,16 +121,22 @@ def main() -> None:
     )
     report = {"initial": table.to_dict()}
 
-    rows = {}
-    for weights in WEIGHTINGS:
-        set_fixed_weights(model, weights)
-        name = "fused fixed " + "/".join(f"{w:g}" for w in weights)
-        per_dataset = evaluate_fused(model, tokenizer, datasets, baselines=False)
-        rows[name] = per_dataset.results[per_dataset.tables[0]]
+    rows = reweighted_rows(model, tokenizer, datasets, "fused fixed")
     reweighted = type(table)(results={base: table.results[base], **rows})
     print("\n## the same sources at fixed weightings (base / SmolLM2 / GloVe)\n")
     print(reweighted.to_markdown())
     report["fixed_weightings"] = reweighted.to_dict()
+
+    if args.linear:
+        start = time.perf_counter()
+        linear = fuse_linear(args.recipe)
+        print(f"\nbuilt the linear-map variant in {time.perf_counter() - start:.1f} s")
+        linear_table = evaluate_fused(linear, tokenizer, datasets)
+        linear_rows = reweighted_rows(linear, tokenizer, datasets, "linear fixed")
+        linear_table.results.update(linear_rows)
+        print("\n## the same recipe with linear (ridge) maps instead of transport\n")
+        print(linear_table.to_markdown())
+        report["linear"] = linear_table.to_dict()
 
     if args.check_rebuild:
         difference = check_rebuild(args.recipe, model, WEIGHTINGS[0])

@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
@@ -141,11 +141,15 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {"b": section_b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sections", default="".join(SECTIONS), help="which sections to run, e.g. 'b'")
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours per case (median reported)")
     parser.add_argument("--no-gemma", action="store_true", help="skip the Gemma case")
-    parser.add_argument("--loop-limit", type=int, default=None, help="time the loop on the first N tokens only")
+    parser.add_argument(
+        "--loop-limit", type=int, default=None, help="time the loop on the first N tokens only"
+    )
     args = parser.parse_args()
     lines: list[str] = []
     for key in args.sections:

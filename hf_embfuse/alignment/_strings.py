@@ -98,5 +98,15 @@ class CodePoints:
 
     def count_in_range(self, lo: int, hi: int) -> np.ndarray:
         """How many code points in `[lo, hi]` each string has."""
-        hit = np.concatenate([[0], np.cumsum((self.codes >= lo) & (self.codes <= hi))])
+        return self._count((self.codes >= lo) & (self.codes <= hi))
+
+    def count_in_table(self, table: np.ndarray) -> np.ndarray:
+        """How many code points each string has for which the bool `table[code point]` is set."""
+        inside = self.codes < table.size
+        flags = np.zeros(self.codes.size, dtype=bool)
+        flags[inside] = table[self.codes[inside]]
+        return self._count(flags)
+
+    def _count(self, flags: np.ndarray) -> np.ndarray:
+        hit = np.concatenate([[0], np.cumsum(flags)])
         return hit[self.starts + self.lengths] - hit[self.starts]

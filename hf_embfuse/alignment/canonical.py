@@ -54,6 +54,19 @@ PLACEHOLDER_PATTERNS: tuple[str, ...] = (
 _PLACEHOLDER = re.compile("|".join(f"(?:{p})" for p in PLACEHOLDER_PATTERNS))
 
 
+# CJK ideographs, which BERT's normaliser surrounds with spaces (as `BasicTokenizer._is_chinese_char`).
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
 @dataclass(frozen=True)
 class TokenizerFamily:
     """How a tokenizer writes word boundaries.
@@ -95,6 +108,41 @@ def _candidates(codes: CodePoints, first_chars: str, lengths: tuple[int, ...] = 
     first = codes.leading(1)[:, 0]
     mask = np.isin(first, [ord(c) for c in first_chars]) | np.isin(codes.lengths, lengths)
     return np.flatnonzero(mask)
+
+
+@functools.lru_cache(maxsize=1)
+def _isolated_table() -> np.ndarray:
+    """Code points a BERT-style pre-tokenizer always splits off as a word of their own.
+
+    ASCII punctuation (33-47, 58-64, 91-96, 123-126), Unicode punctuation (category P*) and CJK
+    ideographs, as in transformers' `BasicTokenizer` and tokenizers' `BertPreTokenizer`.
+    """
+    size = max(hi for _, hi in _CJK_RANGES) + 1
+    table = np.zeros(size, dtype=bool)
+    for cp in range(size):
+        if unicodedata.category(chr(cp)).startswith("P"):
+            table[cp] = True
+    for lo, hi in ((33, 47), (58, 64), (91, 96), (123, 126), *_CJK_RANGES):
+        table[lo : hi + 1] = True
+    return table
+
+
+def isolated_mask(texts: Sequence[str]) -> np.ndarray:
+    """Texts made only of characters BERT-style tokenizers always isolate (`"."`, `"?!"`, `"中"`).
+
+    Such a token has no word position in a WordPiece vocabulary or a word list: the tokenizer
+    that made them split it off whether or not a space preceded it. So BERT's `"."` is the same
+    token as byte-level BPE's `"."` (no space) as much as `"Ġ."`.
+    """
+    codes = CodePoints(texts)
+    return (codes.lengths > 0) & (codes.count_in_table(_isolated_table()) == codes.lengths)
+
+
+def starts_isolated(texts: Sequence[str]) -> np.ndarray:
+    """Texts whose first character a BERT-style pre-tokenizer splits off (so it starts a word)."""
+    first = CodePoints(texts).leading(1)[:, 0]
+    table = _isolated_table()
+    return (first < table.size) & table[np.minimum(first, table.size - 1)]
 
 
 def placeholder_mask(tokens: Sequence[str | None]) -> np.ndarray:

@@ -112,8 +112,10 @@ def _decompose(
     good_piece = src.content & usable
     out_rows, out_flat, out_lengths = [], [], []
     with tqdm(total=rows.size, desc=f"Decomposing for {name}", unit="tok", disable=not show_progress) as bar:
+        starts = base.word_start[rows].copy()
+        starts[~starts] = encoder.position_free(take(base.texts, rows[~starts]))
         for flag in (True, False):
-            sel = rows[base.word_start[rows] == flag]
+            sel = rows[starts == flag]
             if sel.size == 0:
                 continue
             flat, lengths = encoder.encode(take(base.texts, sel), flag, progress=bar)

@@ -10,8 +10,10 @@ prefix space switched off, and the word-start flag is written explicitly:
 |------------|-----------------------|------------------------------------------------|
 | byte-level | `" " + text`          | `text`                                         |
 | metaspace  | `" " + text` (-> `▁`) | `text`                                         |
-| wordpiece  | `text`                | `"##" + text`, split on whitespace only, so    |
-|            |                       | the greedy matcher starts with a `##` piece    |
+| wordpiece  | `text`                | `"##" + text`, the `##` word kept whole, so    |
+|            |                       | the greedy matcher starts with a `##` piece;   |
+|            |                       | a text starting with punctuation is a word     |
+|            |                       | start to BERT, encoded as such                 |
 | word       | `text`                | `text` (no convention to honour)               |
 
 The derived copy also has no post-processor, padding or truncation (BERT checkpoints often ship
@@ -27,9 +29,25 @@ from typing import Any
 
 import numpy as np
 
-from .canonical import BYTE_LEVEL, METASPACE, WORDPIECE, TokenizerFamily
+from .canonical import BYTE_LEVEL, METASPACE, WORDPIECE, TokenizerFamily, starts_isolated
 
 _BATCH = 8192
+# Continuation texts for WordPiece arrive as "##" + text: split on whitespace and isolate punctuation
+# (BERT's definition: ASCII punctuation and Unicode P*) everywhere except in the leading "##" word,
+# so the greedy matcher starts from a "##" piece and the rest is pre-tokenised as BERT would.
+_PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
+_WORDPIECE_CONTINUATION = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "WhitespaceSplit"},
+        {
+            "type": "Split",
+            "pattern": {"Regex": rf"^##[^\s!-/:-@\[-`{{-~\p{{P}}]*|{_PUNCTUATION}"},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+    ],
+}
 
 
 def _switch_off_prefix_space(node: Any) -> Any:
@@ -107,9 +125,19 @@ class PieceEncoder:
         pre_tokenizer = _switch_off_prefix_space(_state(backend.pre_tokenizer))
         self._start = _derived(backend, normalizer, pre_tokenizer)
         if family.name == WORDPIECE:
-            self._continuation = _derived(backend, normalizer, {"type": "WhitespaceSplit"})
+            self._continuation = _derived(backend, normalizer, _WORDPIECE_CONTINUATION)
         else:
             self._continuation = self._start
+
+    def position_free(self, texts: list[str]) -> np.ndarray:
+        """Continuation texts the source would split off as a new word anyway: encode them as word starts.
+
+        A WordPiece tokenizer always splits punctuation and CJK ideographs off the word before
+        them, so BPE's continuation `"!"` or `"'s"` is, to BERT, the word `"!"` / `"'"` + `"s"`.
+        """
+        if self.family.name != WORDPIECE:
+            return np.zeros(len(texts), dtype=bool)
+        return starts_isolated(texts)
 
     def _prefix(self, word_start: bool) -> str:
         if word_start:

@@ -46,7 +46,9 @@ class SourceIndex:
     `canonical[flag]` maps the canonical text of tokens whose word-start flag is `flag` to their id,
     `casefold[flag]` the case-folded text. Where several tokens share a key, regular pieces beat
     byte-fallback pieces and lower ids beat higher ones (each dictionary is filled from least to
-    most preferred, so the last write wins). `exact` maps raw token strings to ids.
+    most preferred, so the last write wins). Tokens without a word position (`Vocabulary.isolated`,
+    e.g. BERT's `"."`) are filed under both positions.
+    `exact` maps raw token strings to ids.
 
     Args:
         src: the source vocabulary.
@@ -61,7 +63,11 @@ class SourceIndex:
         self.canonical: dict[bool, dict[str, int]] = {}
         self.casefold: dict[bool, dict[str, int]] = {}
         for flag in (False, True):
-            sel = order[src.word_start[order] == flag]
+            # Position-free tokens are filed under both positions, the word-start one winning: BERT
+            # always splits "!" off as a word, so its "##!" row is all but never trained.
+            others = order[(src.word_start[order] != flag) & src.isolated[order]]
+            own = order[src.word_start[order] == flag]
+            sel = np.concatenate([others, own] if flag else [own, others])
             texts = take(src.texts, sel)
             self.canonical[flag] = dict(zip(texts, sel.tolist(), strict=True))
             self.casefold[flag] = dict(zip(bulk_map(texts, str.casefold), sel.tolist(), strict=True))
@@ -111,6 +117,11 @@ def dictionary_passes(
         fold_hit[missing] = _lookup(index.casefold[flag], take(folded, missing))
         ok = fold_hit >= 0
         _append(found["casefold"], sel[rest[ok]], fold_hit[ok])
+
+        # A base token without a word position (BERT's ".") may take the source's other one.
+        loose = rest[~ok][base.isolated[sel[rest[~ok]]]]
+        other = _lookup(index.canonical[not flag], take(texts, loose))
+        _append(found["canonical"], sel[loose[other >= 0]], other[other >= 0])
     return {
         name: (np.concatenate(b).astype(np.int64), np.concatenate(s).astype(np.int64))
         for name, (b, s) in found.items()

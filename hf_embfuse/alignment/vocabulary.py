@@ -10,10 +10,12 @@ import numpy as np
 
 from .canonical import (
     WORD,
+    WORDPIECE,
     TokenizerFamily,
     canonical_forms,
     detect_family,
     is_byte_piece_mask,
+    isolated_mask,
     placeholder_mask,
 )
 
@@ -42,6 +44,12 @@ def _tokens_by_id(tokenizer: Any) -> list[str | None]:
     return tokens
 
 
+def _isolated(texts: list[str], family: TokenizerFamily) -> np.ndarray:
+    if family.name in (WORDPIECE, WORD):
+        return isolated_mask(texts)
+    return np.zeros(len(texts), dtype=bool)
+
+
 def _token_id(tokenizer: Any, token: str) -> int | None:
     """The id of `token`, or `None` if the vocabulary lacks it (never the unknown token's id)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -62,6 +70,8 @@ class Vocabulary:
         special: special tokens (role tokens and other control tokens), never decomposed.
         placeholder: reserved rows (`[unused3]`, `<extra_id_0>`, ids without a token).
         byte_piece: byte-fallback pieces, which regular pieces outrank when both match.
+        isolated: tokens without a word position: punctuation and CJK ideographs in a WordPiece
+            vocabulary or a word list, which their tokenizer always splits off (see `isolated_mask`).
         roles: role name (`ROLES`) -> token id, for the roles this vocabulary has.
     """
 
@@ -73,6 +83,7 @@ class Vocabulary:
     placeholder: np.ndarray
     byte_piece: np.ndarray
     roles: dict[str, int]
+    isolated: np.ndarray
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -121,6 +132,7 @@ class Vocabulary:
             placeholder=placeholder,
             byte_piece=is_byte_piece_mask(tokens, family),
             roles=roles,
+            isolated=_isolated(texts, family),
         )
 
     @classmethod
@@ -140,4 +152,5 @@ class Vocabulary:
             placeholder=placeholder,
             byte_piece=np.zeros(size, dtype=bool),
             roles={},
+            isolated=_isolated(texts, family),
         )

@@ -264,7 +264,9 @@ def bake_to_folder(
                 if (source_folder / name).is_file():
                     shutil.copy2(source_folder / name, staging / name)
         _check_plain_checkpoint(staging)
-    logger.info("Baked %s into %s (%s)", source_folder or type(model).__name__, out_dir, type(baked).__name__)
+    logger.debug(
+        "Baked %s into %s (%s)", source_folder or type(model).__name__, out_dir, type(baked).__name__
+    )
     return out_dir
 
 
@@ -281,7 +283,7 @@ def _check_plain_checkpoint(folder: Path) -> None:
 def bake_command(args: argparse.Namespace) -> int:
     """`hf-embfuse bake FOLDER --out OUT [--overwrite]`: the CLI entry (`args.folder`, `args.out`, `args.overwrite`)."""
     out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
-    print(f"baked {args.folder} -> {out}: a plain checkpoint, loads without trust_remote_code")
+    print(f"wrote {out}: a plain checkpoint of the base architecture; loads without trust_remote_code")
     return 0
 
 

@@ -2,8 +2,10 @@
 
 Usage: ddp_worker.py OUT_DIR SCENARIO
   train            every rank builds the same tiny fused model and trains a few steps with EmbFuseTrainer
-  mismatch-config  rank 1 uses another mixing temperature (same tensor shapes: DDP alone would not notice)
-  mismatch-shape   rank 1 uses gated mixing (an extra tensor: DDP would fail inside torch without our check)
+  mismatch-config  rank 1 uses another mixing temperature (same tensor shapes: DDP alone would not notice);
+                   plain Trainer + MixingWeightsCallback, which checks in on_train_begin
+  mismatch-shape   rank 1 uses gated mixing (an extra tensor: DDP would fail inside torch without our check);
+                   EmbFuseTrainer, which checks in train() before DDP wraps the model
 Each rank writes its mixer before/after training to OUT_DIR/rank<r>.safetensors, or the error it
 raised to OUT_DIR/rank<r>.error.
 """
@@ -20,9 +22,9 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import save_file  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from hf_embfuse.training import EmbFuseTrainer  # noqa: E402
+from hf_embfuse.training import EmbFuseTrainer, MixingWeightsCallback  # noqa: E402
 from tests.fixtures_models import tiny_fused  # noqa: E402
 from tests.test_trainer_mixing import TinyTask  # noqa: E402
 
@@ -53,7 +55,12 @@ def main(out_dir: Path, scenario: str) -> int:
     model = tiny_fused("bert", "sequence-classification", seed=0, **kwargs).train()
     mixer = model.get_input_embeddings().mixer
     before = {f"before.{k}": v.detach().clone() for k, v in mixer.state_dict().items()}
-    trainer = EmbFuseTrainer(model=model, args=args, train_dataset=TinyTask(), mixer_lr=5e-2)
+    if scenario == "mismatch-config":
+        trainer = Trainer(
+            model=model, args=args, train_dataset=TinyTask(), callbacks=[MixingWeightsCallback()]
+        )
+    else:
+        trainer = EmbFuseTrainer(model=model, args=args, train_dataset=TinyTask(), mixer_lr=5e-2)
     try:
         trainer.train()
     except ValueError as error:

@@ -15,7 +15,9 @@ EMBEDDING_CLASS_NAME = "MultiSourceEmbedding"
 
 
 def is_fused_embedding(module: nn.Module) -> bool:
-    return type(module).__name__ == EMBEDDING_CLASS_NAME and hasattr(module, "fused_weight")
+    # Along the MRO: FSDP2's `fully_shard` swaps the class for a subclass (`FSDPMultiSourceEmbedding`).
+    named = any(cls.__name__ == EMBEDDING_CLASS_NAME for cls in type(module).__mro__)
+    return named and hasattr(module, "fused_weight")
 
 
 def find_fused_embedding(model: nn.Module) -> tuple[str, nn.Module]:

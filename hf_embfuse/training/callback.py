@@ -36,12 +36,15 @@ def mixing_statistics(
 
     Returns:
         `{"sources": [...], "mixing": mode, "mean": [...], "std": [...], "gate_norm": [...] or None}`, or `None`
-        when the mixing parameters are sharded on this rank (ZeRO-3, FSDP flat parameters) and cannot be read.
+        when the mixing parameters are sharded on this rank (ZeRO-3, FSDP1 flat parameters) and cannot be read.
+        Under FSDP2 the embedding's parameters are gathered for the computation (a collective).
     """
     _, embedding = find_fused_embedding(model)
-    mixer = embedding.mixer
     num_sources = embedding.num_sources
-    if mixer.logits.numel() != num_sources:
+    if embedding.mixer.logits.numel() != num_sources:
+        return None  # ZeRO-3 / FSDP1 flat parameters: this rank holds a slice, or nothing
+    sharded = type(embedding.mixer.logits).__name__ == "DTensor"
+    if sharded and not hasattr(embedding, "unshard"):
         return None
     vocab = embedding.num_embeddings
     device = embedding.weight.device
@@ -49,22 +52,29 @@ def mixing_statistics(
         ids = torch.linspace(0, vocab - 1, max_tokens, device=device).long()
     else:
         ids = torch.arange(vocab, device=device)
-    total = torch.zeros(num_sources, dtype=torch.float64, device=device)
+    total = torch.zeros(num_sources, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    for chunk in ids.split(chunk_size):
-        weights = embedding.mix(chunk)[1].double()
-        total += weights.sum(dim=0)
-        total_sq += weights.pow(2).sum(dim=0)
+    if sharded:
+        embedding.unshard()  # FSDP2: a collective; every rank logs, so every rank gets here
+    try:
+        for chunk in ids.split(chunk_size):
+            weights = embedding.mix(chunk)[1].to("cpu", torch.float64)  # float64 on CPU: MPS has none
+            total += weights.sum(dim=0)
+            total_sq += weights.pow(2).sum(dim=0)
+        gate = getattr(embedding.mixer, "gate", None)
+        gate_norm = None if gate is None else gate.detach().float().norm(dim=-1).tolist()
+    finally:
+        if sharded:
+            embedding.reshard()
     count = ids.numel()
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
-    gate = getattr(mixer, "gate", None)
     return {
         "sources": source_names(model, num_sources),
-        "mixing": mixer.mode,
+        "mixing": embedding.mixer.mode,
         "mean": mean.tolist(),
         "std": std.tolist(),
-        "gate_norm": None if gate is None else gate.detach().float().norm(dim=-1).tolist(),
+        "gate_norm": gate_norm,
     }
 
 

@@ -1,0 +1,136 @@
+"""LoRA on the base's attention with the mixer in modules_to_save: small adapters that round-trip."""
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+import hf_embfuse
+from hf_embfuse.training import embfuse_lora_config, find_attention_modules, infer_task_type
+from tests.fixtures_models import random_sources, tiny_base, tiny_fused
+
+# Big enough that a source table (V × 16 floats = 32 KiB) dwarfs a rank-4 adapter of a hidden-32 model.
+VOCAB_BIG = 512
+CASES = {
+    "bert": (
+        "sequence-classification",
+        AutoModelForSequenceClassification,
+        hf_embfuse.EmbFuseForSequenceClassification,
+    ),
+    "gpt2": ("causal-lm", AutoModelForCausalLM, hf_embfuse.EmbFuseForCausalLM),
+    "llama": ("causal-lm", AutoModelForCausalLM, hf_embfuse.EmbFuseForCausalLM),
+}
+
+
+def fused_model(arch, mixing="gated"):
+    task, _, wrapper = CASES[arch]
+    base = tiny_base(arch, task, vocab_size=VOCAB_BIG)
+    model = wrapper.from_base(base, random_sources(VOCAB_BIG), mixing=mixing).eval()
+    if mixing == "gated":
+        torch.nn.init.normal_(model.get_input_embeddings().mixer.gate, std=0.3)
+    return model
+
+
+def ids(batch=3, length=8, seed=0):
+    return torch.randint(3, VOCAB_BIG, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(input_ids=x).logits
+
+
+def train_steps(model, steps=3, lr=5e-2):
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for step in range(steps):
+        x = ids(seed=step)
+        causal = "CausalLM" in type(model.get_base_model()).__name__
+        labels = x if causal else torch.tensor([0, 1, 2])
+        model(input_ids=x, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("arch", "targets"),
+    [
+        ("bert", ["attention.output.dense", "key", "query", "value"]),
+        ("gpt2", ["attn.c_proj", "c_attn"]),
+        ("llama", ["k_proj", "o_proj", "q_proj", "v_proj"]),
+    ],
+)
+def test_attention_modules_are_found_without_the_mlp_or_the_projections(arch, targets):
+    model = tiny_fused(arch, CASES[arch][0])
+    assert find_attention_modules(model) == targets
+    config = embfuse_lora_config(model)
+    assert set(config.target_modules) == set(targets)
+    assert config.modules_to_save == ["mixer"]
+    assert config.fan_in_fan_out == (arch == "gpt2")  # GPT-2's Conv1D stores weights transposed
+    assert config.task_type == infer_task_type(model)
+
+
+def test_task_types_and_options():
+    assert infer_task_type(tiny_fused("bert", "sequence-classification")) == "SEQ_CLS"
+    assert infer_task_type(tiny_fused("llama", "causal-lm")) == "CAUSAL_LM"
+    assert infer_task_type(tiny_fused("bert", "token-classification")) == "TOKEN_CLS"
+    assert infer_task_type(tiny_fused("bert")) == "FEATURE_EXTRACTION"
+    config = embfuse_lora_config(tiny_fused("bert"), train_projections=True, modules_to_save=["pooler"])
+    # Only the linear projection (source 1, width 16); source 2 (width 32) is an identity with no weights.
+    assert config.modules_to_save == ["pooler", "mixer", "projections.0"]
+    assert embfuse_lora_config(tiny_fused("bert", mixing="fixed")).modules_to_save == []
+    assert set(embfuse_lora_config(tiny_fused("bert"), target_modules=["value"]).target_modules) == {"value"}
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_adapter_is_small_round_trips_and_merges(tmp_path, arch):
+    _, auto_class, _ = CASES[arch]
+    fused = fused_model(arch)
+    fused.save_pretrained(tmp_path / "fused")
+    peft_model = get_peft_model(fused, embfuse_lora_config(fused, r=4))
+    mixer = peft_model.get_input_embeddings().mixer
+    logits_before = mixer.original_module.logits.detach().clone()
+    train_steps(peft_model)
+    trained = mixer.modules_to_save["default"].logits.detach()
+    assert not torch.allclose(trained, logits_before), "the mixer did not learn under LoRA"
+    assert torch.equal(mixer.original_module.logits, logits_before)  # the base copy stays put
+
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapter_file = tmp_path / "adapter" / "adapter_model.safetensors"
+    with safe_open(adapter_file, "pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}  # noqa: SIM118
+    assert any(".mixer.logits" in key for key in shapes) and any(".mixer.gate" in key for key in shapes)
+    assert [key for key, shape in shapes.items() if VOCAB_BIG in shape] == []  # no vocabulary-sized table
+    one_source_table = VOCAB_BIG * 16 * 4  # the narrowest source table, in bytes
+    assert adapter_file.stat().st_size < one_source_table / 2
+
+    x = ids(seed=7)
+    expected = logits(peft_model, x)
+    reloaded_base = auto_class.from_pretrained(tmp_path / "fused", trust_remote_code=True)
+    reloaded = PeftModel.from_pretrained(reloaded_base, tmp_path / "adapter").eval()
+    assert torch.equal(logits(reloaded, x), expected)
+
+    merged = reloaded.merge_and_unload()
+    assert type(merged).__name__ == type(fused).__name__
+    assert torch.allclose(logits(merged, x), expected, atol=1e-5, rtol=0)
+    assert torch.equal(merged.get_input_embeddings().mixer.logits, trained)
+
+
+def test_gradient_checkpointing_gives_lora_and_mixer_gradients():
+    fused = fused_model("llama")
+    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    fused.enable_input_require_grads()
+    peft_model = get_peft_model(fused, embfuse_lora_config(fused, r=4)).train()
+    assert peft_model.is_gradient_checkpointing
+    x = ids()
+    peft_model(input_ids=x, labels=x).loss.backward()
+    lora_a = [p for name, p in peft_model.named_parameters() if "lora_A" in name]
+    lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
+    assert lora_a and all(p.grad is not None for p in lora_a + lora_b)
+    assert any(torch.count_nonzero(p.grad) > 0 for p in lora_b)  # B starts at zero; its gradient does not
+    mixer_copy = peft_model.get_input_embeddings().mixer.modules_to_save["default"]
+    assert mixer_copy.logits.grad is not None and torch.count_nonzero(mixer_copy.gate.grad) > 0
+    frozen = [name for name, p in peft_model.named_parameters() if not p.requires_grad and p.grad is not None]
+    assert frozen == []

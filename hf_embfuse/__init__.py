@@ -55,6 +55,7 @@ _LAZY = {
     "read_source": ("sources", "read_source"),
     "bake": ("bake", "bake"),
     "load_recipe": ("recipe", "load_recipe"),
+    "push_to_hub": ("hub", "push_to_hub"),
 }
 
 

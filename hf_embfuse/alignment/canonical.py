@@ -205,19 +205,18 @@ def detect_family(tokenizer: Any, tokens: Sequence[str | None] | None = None) ->
 
 
 def _family_from_vocabulary(tokens: Iterable[str | None]) -> TokenizerFamily:
+    # Byte-fallback pieces and bracketed control tokens say nothing about word boundaries.
     counts = {"##": 0, "Ġ": 0, METASPACE_MARK: 0}
     total = 0
     for tok in tokens:
-        if not tok:
+        if not tok or _BYTE_FALLBACK.fullmatch(tok) or (tok[0] in "<[" and tok[-1] in ">]"):
             continue
         total += 1
         for mark in counts:
             if tok.startswith(mark):
                 counts[mark] += 1
-    if total == 0:
-        return TokenizerFamily(WORD)
     mark, count = max(counts.items(), key=lambda kv: kv[1])
-    if count < 0.05 * total:
+    if count == 0 or count < 0.02 * total:
         return TokenizerFamily(WORD)
     return {
         "##": TokenizerFamily(WORDPIECE, "##"),

@@ -12,12 +12,16 @@ Per base row, the first step that applies wins:
    (`decomposed`), for model sources only;
 7. otherwise `uncovered` (zero row, coverage False).
 
-Steps 3-5 are dictionary look-ups; step 6 batch-encodes only what is left through the fast backend
-and combines all pieces with one `embedding_bag`.
+Word position is part of every match: BERT's `##ing` meets BPE's `ing`, never `Ġing`/`▁ing`. The
+one exception is what BERT-style tokenizers always split off as a word of its own (punctuation,
+CJK ideographs): BERT's `"!"` has no position, so it also meets BPE's `"!"`.
 
-Static word vectors are whole words, so only word-start base tokens can match them; continuation
-pieces (`##ing`, BPE `ing`) stay uncovered, since without a tokenizer there is no sound way to
-split a continuation into words.
+Steps 3-5 are dictionary look-ups; step 6 batch-encodes only what is left through the fast backend;
+the table is then one `embedding_bag` over all rows.
+
+Static word vectors are whole words, so only word-start base tokens (and position-free ones) can
+match them; continuation pieces (`##ing`, BPE `ing`) stay uncovered, since without a tokenizer
+there is no sound way to split a continuation into words.
 """
 
 from __future__ import annotations
@@ -29,12 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..sources.table import SourceTable
-from ._strings import take
-from .canonical import WORDPIECE, encodable_mask
-from .decompose import PieceEncoder
+from .decompose import decompose_rows
 from .matching import SourceIndex, dictionary_passes, match_specials
 from .report import ANCHOR_OUTCOMES, COVERED_OUTCOMES, OUTCOMES, AlignmentReport
 from .vocabulary import Vocabulary
@@ -85,61 +86,6 @@ class AlignedSource:
     def anchor_mask(self) -> torch.Tensor:
         """Content rows matched to a single source row by their text (exact, canonical, casefold)."""
         return self.outcome_mask(*sorted(ANCHOR_OUTCOMES))
-
-
-def _decompose(
-    base: Vocabulary,
-    src: Vocabulary,
-    tokenizer: Any,
-    rows: np.ndarray,
-    usable: np.ndarray,
-    show_progress: bool,
-    name: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Re-tokenise `rows` with the source tokenizer at each token's word position.
-
-    Returns:
-        `(rows, flat, lengths)` for the accepted decompositions: their base rows, all piece ids one
-        after another, and the number of pieces of each.
-    """
-    rows = rows[encodable_mask(take(base.texts, rows))]
-    try:
-        encoder = PieceEncoder(tokenizer, src.family)
-    except ValueError as e:
-        logger.warning("Source %r: not decomposing %d tokens: %s", name, rows.size, e)
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    good_piece = src.content & usable
-    out_rows, out_flat, out_lengths = [], [], []
-    with tqdm(total=rows.size, desc=f"Decomposing for {name}", unit="tok", disable=not show_progress) as bar:
-        starts = base.word_start[rows].copy()
-        starts[~starts] = encoder.position_free(take(base.texts, rows[~starts]))
-        for flag in (True, False):
-            sel = rows[starts == flag]
-            if sel.size == 0:
-                continue
-            flat, lengths = encoder.encode(take(base.texts, sel), flag, progress=bar)
-            # Trust a decomposition only if every piece is a content row the source table has: an
-            # [UNK] or any other special piece would put a meaningless row into a content token.
-            in_vocab = flat < good_piece.size
-            bad_piece = ~in_vocab
-            bad_piece[in_vocab] = ~good_piece[flat[in_vocab]]
-            bad = np.bincount(np.repeat(np.arange(sel.size), lengths), weights=bad_piece, minlength=sel.size)
-            accept = (lengths > 0) & (bad == 0)
-            if not flag and src.family.name == WORDPIECE:
-                # The greedy WordPiece matcher falls back to a word-start piece ("#") when no
-                # continuation piece fits: that is not a continuation any more.
-                first = np.cumsum(lengths) - lengths
-                nonempty = lengths > 0
-                accept[nonempty] &= ~src.word_start[np.minimum(flat[first[nonempty]], len(src) - 1)]
-            keep = np.repeat(accept, lengths)
-            out_rows.append(sel[accept])
-            out_flat.append(flat[keep])
-            out_lengths.append(lengths[accept])
-    if not out_rows:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_rows), np.concatenate(out_flat), np.concatenate(out_lengths)
 
 
 def _build_table(
@@ -303,7 +249,7 @@ def align_source(
     dec_rows, dec_flat, dec_lengths = empty, empty, empty
     if decompose and source.tokenizer is not None:
         left = np.flatnonzero(outcomes == _CODE["uncovered"])
-        dec_rows, dec_flat, dec_lengths = _decompose(
+        dec_rows, dec_flat, dec_lengths = decompose_rows(
             base, src, source.tokenizer, left, usable, show_progress, source.name
         )
         outcomes[dec_rows] = _CODE["decomposed"]

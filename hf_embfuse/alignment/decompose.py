@@ -25,11 +25,19 @@ rejected there.
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .canonical import BYTE_LEVEL, METASPACE, WORDPIECE, TokenizerFamily, starts_isolated
+from ._strings import take
+from .canonical import BYTE_LEVEL, METASPACE, WORDPIECE, TokenizerFamily, encodable_mask, starts_isolated
+
+if TYPE_CHECKING:
+    from .vocabulary import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 _BATCH = 8192
 # Continuation texts for WordPiece arrive as "##" + text: split on whitespace and isolate punctuation
@@ -173,3 +181,70 @@ class PieceEncoder:
         if not texts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(flat), np.concatenate(lengths)
+
+
+def decompose_rows(
+    base: Vocabulary,
+    src: Vocabulary,
+    tokenizer: Any,
+    rows: np.ndarray,
+    usable: np.ndarray,
+    show_progress: bool,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-tokenise base `rows` with the source tokenizer at each token's word position.
+
+    A decomposition is kept only if every piece is a content row of the source table, and a
+    continuation really starts with a continuation piece.
+
+    Args:
+        base: the base vocabulary.
+        src: the source vocabulary.
+        tokenizer: the source tokenizer (needs a fast backend; otherwise nothing is decomposed).
+        rows: base rows still uncovered.
+        usable: source ids that have a row in the source table.
+        show_progress: show a tqdm bar.
+        name: the source's name, for messages.
+
+    Returns:
+        `(rows, flat, lengths)` for the accepted decompositions: their base rows, all piece ids one
+        after another, and the number of pieces of each.
+    """
+    rows = rows[encodable_mask(take(base.texts, rows))]
+    try:
+        encoder = PieceEncoder(tokenizer, src.family)
+    except ValueError as e:
+        logger.warning("Source %r: not decomposing %d tokens: %s", name, rows.size, e)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    good_piece = src.content & usable
+    out_rows, out_flat, out_lengths = [], [], []
+    with tqdm(total=rows.size, desc=f"Decomposing for {name}", unit="tok", disable=not show_progress) as bar:
+        starts = base.word_start[rows].copy()
+        starts[~starts] = encoder.position_free(take(base.texts, rows[~starts]))
+        for flag in (True, False):
+            sel = rows[starts == flag]
+            if sel.size == 0:
+                continue
+            flat, lengths = encoder.encode(take(base.texts, sel), flag, progress=bar)
+            # Trust a decomposition only if every piece is a content row the source table has: an
+            # [UNK] or any other special piece would put a meaningless row into a content token.
+            in_vocab = flat < good_piece.size
+            bad_piece = ~in_vocab
+            bad_piece[in_vocab] = ~good_piece[flat[in_vocab]]
+            bad = np.bincount(np.repeat(np.arange(sel.size), lengths), weights=bad_piece, minlength=sel.size)
+            accept = (lengths > 0) & (bad == 0)
+            if not flag and src.family.name == WORDPIECE:
+                # The greedy WordPiece matcher falls back to a word-start piece ("#") when no
+                # continuation piece fits: that is not a continuation any more.
+                first = np.cumsum(lengths) - lengths
+                nonempty = lengths > 0
+                accept[nonempty] &= ~src.word_start[np.minimum(flat[first[nonempty]], len(src) - 1)]
+            keep = np.repeat(accept, lengths)
+            out_rows.append(sel[accept])
+            out_flat.append(flat[keep])
+            out_lengths.append(lengths[accept])
+    if not out_rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(out_rows), np.concatenate(out_flat), np.concatenate(out_lengths)

@@ -84,5 +84,6 @@ __all__ = [
     "bake",
     "fuse",
     "load_recipe",
+    "push_to_hub",
     "read_source",
 ]

@@ -145,11 +145,16 @@ def starts_isolated(texts: Sequence[str]) -> np.ndarray:
     return (first < table.size) & table[np.minimum(first, table.size - 1)]
 
 
-def placeholder_mask(tokens: Sequence[str | None]) -> np.ndarray:
-    """Which tokens are reserved placeholder rows (`[unused3]`, `<extra_id_0>`, empty, no token)."""
+def placeholder_mask(tokens: Sequence[str | None], codes: CodePoints | None = None) -> np.ndarray:
+    """Which tokens are reserved placeholder rows (`[unused3]`, `<extra_id_0>`, empty, no token).
+
+    Args:
+        tokens: token strings by id.
+        codes: `CodePoints` of the same tokens (`None` as `""`), if already at hand.
+    """
     strings = [t or "" for t in tokens]
     mask = np.zeros(len(strings), dtype=bool)
-    for i in _candidates(CodePoints(strings), "<[m", lengths=(0,)).tolist():
+    for i in _candidates(codes or CodePoints(strings), "<[m", lengths=(0,)).tolist():
         mask[i] = is_placeholder(strings[i])
     return mask
 
@@ -256,6 +261,7 @@ def canonical_forms(
     tokens: Sequence[str | None],
     family: TokenizerFamily,
     literal: np.ndarray | None = None,
+    codes: CodePoints | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Canonical `(text, word_start)` of every token of one vocabulary.
 
@@ -264,6 +270,7 @@ def canonical_forms(
         family: the vocabulary's convention, from `detect_family`.
         literal: per token, whether it is an added token whose string is plain text rather than
             the model's encoding (byte-level vocabularies store added tokens un-encoded).
+        codes: `CodePoints` of the same tokens (`None` as `""`), if already at hand.
 
     Returns:
         `(texts, word_start)`: NFC-normalised texts with the word-start marker removed, and a
@@ -271,19 +278,21 @@ def canonical_forms(
     """
     strings = [t or "" for t in tokens]
     name = family.name
+    if codes is None and name in (WORDPIECE, METASPACE):
+        codes = CodePoints(strings)
     if name == WORDPIECE:
         prefix = family.continuation_prefix
-        continuation = CodePoints(strings).startswith(prefix, min_length=len(prefix) + 1)
+        continuation = codes.startswith(prefix, min_length=len(prefix) + 1)
         texts, starts = strip_prefix(strings, prefix, continuation), ~continuation
     elif name == BYTE_LEVEL:
         texts = _byte_level_texts(strings, literal)
         starts = CodePoints(texts).startswith(" ")
         texts = strip_prefix(texts, " ", starts)
     elif name == METASPACE:
-        codes = CodePoints(strings)
+        # Drop each leading ▁ (the separator marks where a token starts), then ▁ inside is a space.
         starts = codes.startswith(METASPACE_MARK)
         texts = bulk_map(
-            strip_prefix(strings, METASPACE_MARK, starts), lambda s: s.replace(METASPACE_MARK, " ")
+            strings, lambda s: (SEP + s).replace(SEP + METASPACE_MARK, SEP)[1:].replace(METASPACE_MARK, " ")
         )
         for i in _candidates(codes, "<").tolist():
             match = _BYTE_FALLBACK.fullmatch(strings[i])
@@ -301,11 +310,13 @@ def _from_byte(value: int) -> tuple[str, bool]:
     return bytes([value]).decode("utf-8", "surrogateescape"), False
 
 
-def is_byte_piece_mask(tokens: Sequence[str | None], family: TokenizerFamily) -> np.ndarray:
+def is_byte_piece_mask(
+    tokens: Sequence[str | None], family: TokenizerFamily, codes: CodePoints | None = None
+) -> np.ndarray:
     """Byte-fallback pieces (`<0x41>`), which regular pieces outrank when both match."""
     mask = np.zeros(len(tokens), dtype=bool)
     if family.name == METASPACE:
         strings = [t or "" for t in tokens]
-        for i in _candidates(CodePoints(strings), "<").tolist():
+        for i in _candidates(codes or CodePoints(strings), "<").tolist():
             mask[i] = _BYTE_FALLBACK.fullmatch(strings[i]) is not None
     return mask

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._strings import CodePoints
 from .canonical import (
     WORD,
     WORDPIECE,
@@ -120,8 +121,9 @@ class Vocabulary:
                     break
 
         family = detect_family(tokenizer, tokens)
-        texts, starts = canonical_forms(tokens, family, literal=literal)
-        placeholder = placeholder_mask(tokens)
+        codes = CodePoints([t or "" for t in tokens])
+        texts, starts = canonical_forms(tokens, family, literal=literal, codes=codes)
+        placeholder = placeholder_mask(tokens, codes=codes)
         placeholder[list(roles.values())] = False
         return cls(
             tokens=tokens,
@@ -130,7 +132,7 @@ class Vocabulary:
             word_start=starts,
             special=special & ~placeholder,
             placeholder=placeholder,
-            byte_piece=is_byte_piece_mask(tokens, family),
+            byte_piece=is_byte_piece_mask(tokens, family, codes=codes),
             roles=roles,
             isolated=_isolated(texts, family),
         )

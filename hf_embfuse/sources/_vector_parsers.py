@@ -47,6 +47,7 @@ def parse_text_vectors(
     if b"\r\n" in data:
         data = data.replace(b"\r\n", b"\n")
     lines = data.split(b"\n")
+    del data  # the lines hold the same bytes; keep one copy alive, not two
     while lines and not lines[-1].strip():
         lines.pop()
     first_line = 1
@@ -70,8 +71,10 @@ def parse_text_vectors(
     if not lines:
         raise SourceError(f"{name} holds no vectors.")
     parts = [line.partition(b" ") for line in lines]
+    del lines
     raw_words = [p[0] for p in parts]
     rests = [p[2] for p in parts]
+    del parts
     if dim is None:
         dim = len(rests[0].split())
     try:

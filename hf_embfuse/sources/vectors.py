@@ -69,8 +69,10 @@ def read_vectors_source(
             raise SourceError(f"{path}: decompress word2vec binary files before reading them (gunzip).")
         words, values = parse_word2vec_binary(path, max_words=max_words)
     else:
-        data = _read_bytes(path)
-        words, values = parse_text_vectors(data, has_header=fmt != "glove", name=name, max_words=max_words)
+        has_header = fmt != "glove"
+        words, values = parse_text_vectors(
+            _read_bytes(path), has_header=has_header, name=name, max_words=max_words
+        )
     words, values, duplicates = _drop_duplicates(words, values)
     if duplicates:
         logger.warning("%s: %d repeated words; kept the first vector of each.", name, duplicates)
@@ -91,6 +93,11 @@ def detect_vectors_format(path: Path) -> str:
         raise SourceError(f"Cannot read {path} ({e}).") from None
     first, _, after = sample.partition(b"\n")
     if parse_header(first) is None:
+        if path.suffix == ".bin":
+            raise SourceError(
+                f"{path} is not a word2vec binary file (no 'count dim' first line). If it is a PyTorch checkpoint, "
+                "read its folder (with its config.json) through read_hf_source(..., allow_pickle=True)."
+            )
         return "glove"
     # After a header, text and binary differ plainly: float32 bytes hold NULs and invalid UTF-8.
     body = after[: len(after) - 8]

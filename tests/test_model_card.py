@@ -163,7 +163,7 @@ def test_mixing_section(changes, expected):
 
 def test_weights_plot_and_bake_instructions():
     text = build_model_card(example_config_dict(), repo_id="u/fused", weights_plot="mixing_weights.png").text
-    assert "![Mean mixing weight per source](mixing_weights.png)" in text
+    assert "![Mixing weights during training](mixing_weights.png)" in text
     assert "hf-embfuse bake fused --out fused-baked" in text and "hf_embfuse.bake(model)" in text
     assert "![" not in build_model_card(example_config_dict()).text
 

@@ -47,13 +47,16 @@ def _register() -> None:
 
 _register()
 
+# Not lazy: once anything imports the submodule `hf_embfuse.bake`, Python sets the package attribute
+# `bake` to that module, and a lazily resolved `hf_embfuse.bake(model)` would stop being callable.
+from .bake import bake  # noqa: E402
+
 # Heavier entry points load on first use, so `import hf_embfuse` (needed to register) stays light.
 _LAZY = {
     "fuse": ("build", "fuse"),
     "FuseResult": ("build", "FuseResult"),
     "align_source": ("alignment", "align_source"),
     "read_source": ("sources", "read_source"),
-    "bake": ("bake", "bake"),
     "load_recipe": ("recipe", "load_recipe"),
     "push_to_hub": ("hub", "push_to_hub"),
 }

@@ -22,7 +22,6 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
-from .training._modules import find_fused_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
             f"bake() needs an EmbFuse model (model_type 'embfuse'); got {type(model).__name__} with model_type "
             f"{getattr(config, 'model_type', None)!r}. A plain model needs no baking."
         )
+    from .training._modules import find_fused_embedding  # here: `import hf_embfuse` imports this file
+
     auto_class = _auto_class(type(model).__name__)
     _, embedding = find_fused_embedding(model)
     output = model.get_output_embeddings()

@@ -285,3 +285,12 @@ def test_bake_command(tmp_path, capsys):
     assert args.run(args) == 0
     assert "loads without trust_remote_code" in capsys.readouterr().out
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "baked")).__name__ == "LlamaForCausalLM"
+
+
+def test_top_level_bake_stays_callable_after_the_submodule_is_imported():
+    import importlib
+
+    importlib.import_module("hf_embfuse.bake")  # as the CLI does
+    assert callable(hf_embfuse.bake) and hf_embfuse.bake is bake
+    baked = hf_embfuse.bake(tiny_fused("bert"))
+    assert type(baked).__name__ == "BertModel"

@@ -70,7 +70,10 @@ def _build(args: argparse.Namespace) -> int:
         if fit.get("heldout_cosine") is not None:
             print(f"  projection: {fit['method']}, held-out anchor cosine {fit['heldout_cosine']:.3f}")
         elif fit.get("method") == "transport":
-            print(f"  projection: transport (k={fit['k']}); a linear map reached {fit['linear_heldout_cosine']:.3f}")
+            # Too few anchors to hold any out leaves the linear comparison without a figure.
+            linear = fit.get("linear_heldout_cosine")
+            reached = "n/a (too few anchors)" if linear is None else f"{linear:.3f}"
+            print(f"  projection: transport (k={fit['k']}); a linear map reached {reached}")
     print(f"wrote {args.out}")
     return 0
 

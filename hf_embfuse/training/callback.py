@@ -57,16 +57,22 @@ def mixing_statistics(
     if sharded:
         embedding.unshard()  # FSDP2: a collective; every rank logs, so every rank gets here
     try:
-        for chunk in ids.split(chunk_size):
-            weights = embedding.mix(chunk)[1].to("cpu", torch.float64)  # float64 on CPU: MPS has none
-            total += weights.sum(dim=0)
-            total_sq += weights.pow(2).sum(dim=0)
+        # float64 on the CPU (MPS has none): sums over a whole vocabulary.
+        multiplicity = torch.ones(len(ids), dtype=torch.float64)
+        if embedding.mixer.mode in ("fixed", "learned"):
+            # These weights depend only on which sources cover a token: one id per coverage pattern,
+            # counted, instead of projecting every token's rows (0.30 s -> 0.04 s per log for MiniLM).
+            ids, multiplicity = _one_id_per_coverage_pattern(embedding.coverage, ids)
+        for chunk, times in zip(ids.split(chunk_size), multiplicity.split(chunk_size), strict=True):
+            weights = embedding.mix(chunk)[1].to("cpu", torch.float64)
+            total += (weights * times[:, None]).sum(dim=0)
+            total_sq += (weights.pow(2) * times[:, None]).sum(dim=0)
         gate = getattr(embedding.mixer, "gate", None)
         gate_norm = None if gate is None else gate.detach().float().norm(dim=-1).tolist()
     finally:
         if sharded:
             embedding.reshard()
-    count = ids.numel()
+    count = float(multiplicity.sum())
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
     return {
@@ -76,6 +82,16 @@ def mixing_statistics(
         "std": std.tolist(),
         "gate_norm": gate_norm,
     }
+
+
+def _one_id_per_coverage_pattern(
+    coverage: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first of `ids` with each distinct coverage row, and how many of `ids` share that row."""
+    _, pattern_of, counts = torch.unique(coverage[ids], dim=0, return_inverse=True, return_counts=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full_like(counts, len(ids)).scatter_reduce(0, pattern_of, positions, "amin")
+    return ids[first], counts.to("cpu", torch.float64)
 
 
 class MixingWeightsCallback(TrainerCallback):

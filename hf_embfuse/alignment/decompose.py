@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 8192
+_BATCH = 32768
 # Continuation texts for WordPiece arrive as "##" + text: split on whitespace and isolate punctuation
 # (BERT's definition: ASCII punctuation and Unicode P*) everywhere except in the leading "##" word,
 # so the greedy matcher starts from a "##" piece and the rest is pre-tokenised as BERT would.
@@ -165,21 +165,20 @@ class PieceEncoder:
         Returns:
             `(flat, lengths)`: the piece ids of all texts one after another, and how many each has.
         """
-        from tokenizers import Encoding
-
         encoder = self._start if word_start else self._continuation
         prefix = self._prefix(word_start)
-        flat, lengths = [], []
+        flat, lengths = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
         for lo in range(0, len(texts), _BATCH):
             chunk = [prefix + t for t in texts[lo : lo + _BATCH]]
-            encodings = encoder.encode_batch(chunk, add_special_tokens=False)
-            # One merged Encoding hands back all ids in a single list: far cheaper than `.ids` per text.
-            flat.append(np.asarray(Encoding.merge(encodings, growing_offsets=False).ids, dtype=np.int64))
-            lengths.append(np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings)))
+            # One pre-tokenised "sentence" whose words are the texts: each word is normalised,
+            # pre-tokenised and tokenised on its own, exactly as if encoded alone, but the result is
+            # one Encoding instead of one Python object per text; `word_ids` tells the texts apart.
+            encoding = encoder.encode(chunk, is_pretokenized=True, add_special_tokens=False)
+            flat.append(np.asarray(encoding.ids, dtype=np.int64))
+            words = np.asarray(encoding.word_ids, dtype=np.int64)
+            lengths.append(np.bincount(words, minlength=len(chunk)))
             if progress is not None:
                 progress.update(len(chunk))
-        if not texts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(flat), np.concatenate(lengths)
 
 

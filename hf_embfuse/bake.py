@@ -151,6 +151,10 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
     baked.load_state_dict(state, strict=True, assign=True)
     for parameter in baked.parameters():
         parameter.requires_grad_(True)
+    devices = {tensor.device for tensor in state.values()}
+    if len(devices) == 1:
+        # The buffers built above (rotary frequencies, position ids) are on the CPU; the weights are not.
+        baked.to(devices.pop())
     generation_config = getattr(model, "generation_config", None)
     if baked.can_generate() and generation_config is not None:
         baked.generation_config = copy.deepcopy(generation_config)

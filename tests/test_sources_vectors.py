@@ -252,3 +252,23 @@ def test_package_import_does_not_load_optional_dependencies():
     code = "import sys, hf_embfuse.sources; print(sorted(m for m in ('gguf', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("block_bytes", [7, 64, 1 << 20])
+def test_streamed_blocks_keep_words_values_and_line_numbers(tmp_path, monkeypatch, block_bytes):
+    import hf_embfuse.sources._vector_parsers as parsers
+
+    monkeypatch.setattr(parsers, "_TEXT_BLOCK", block_bytes)
+    values = random_table(len(WORDS), DIM)
+    lines = [f"{len(WORDS)} {DIM}", *vector_lines(WORDS, values)]
+    lines.insert(4, "")  # a blank line is skipped, but still counted for line numbers
+    path = tmp_path / "v.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))  # BOM, CRLF, no final newline
+    table = read_vectors_source(path)
+    assert table.vocab == WORDS
+    np.testing.assert_array_equal(table.weight.numpy(), values)
+    assert read_vectors_source(path, max_words=5).vocab == WORDS[:5]
+    lines[7] += " 9.5"  # line 8 of the file
+    path.write_bytes("\r\n".join(lines).encode("utf-8"))
+    with pytest.raises(SourceError, match="line 8: 6 values"):
+        read_vectors_source(path)

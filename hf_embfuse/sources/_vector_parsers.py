@@ -1,15 +1,18 @@
 """Parsers for static word-vector files: GloVe/word2vec/fastText text, and word2vec binary.
 
-Text files are parsed in bulk: the lines are split once, the words cut off with one C-level
-`partition` per line, and all numbers parsed by numpy's C reader in a single call. Only when that
-call fails does a per-line pass run, to say which line is wrong and why.
+Text files are parsed in bulk, a block of lines at a time: the lines are split once, the words cut
+off with one C-level `partition` per line, and a block's numbers parsed by numpy's C reader in a
+single call. Only when that call fails does a per-line pass run, to say which line is wrong and why.
 """
 
 from __future__ import annotations
 
+import gzip
 import mmap
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -18,6 +21,8 @@ from .errors import SourceError
 _INT = re.compile(rb"^\d+$")
 # word2vec binary records are gathered in slices of about this many bytes.
 _GATHER_BYTES = 8 << 20
+# Text files are parsed in blocks of about this many bytes.
+_TEXT_BLOCK = 16 << 20
 
 
 def parse_header(line: bytes) -> tuple[int, int] | None:
@@ -29,54 +34,109 @@ def parse_header(line: bytes) -> tuple[int, int] | None:
 
 
 def parse_text_vectors(
-    data: bytes, *, has_header: bool, name: str, max_words: int | None = None
+    path: Path, *, has_header: bool, max_words: int | None = None
 ) -> tuple[list[str], np.ndarray]:
     """Parse whitespace-separated `word v1 ... vd` lines (GloVe; word2vec/fastText text after a header).
 
+    The file is streamed in blocks of lines, so memory stays at the result plus one block.
+
     Args:
-        data: the file's bytes.
+        path: the text file (`.gz` is decompressed on the fly).
         has_header: the first line is `count dim` (word2vec/fastText text).
-        name: the file, for error messages.
         max_words: parse only the first this many vectors (the header's count is then not checked).
 
     Returns:
         The words, and a float32 `(n, d)` array.
     """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if b"\r\n" in data:
-        data = data.replace(b"\r\n", b"\n")
-    lines = data.split(b"\n")
-    del data  # the lines hold the same bytes; keep one copy alive, not two
-    while lines and not lines[-1].strip():
-        lines.pop()
-    first_line = 1
-    dim = None
-    if has_header:
-        header = parse_header(lines[0]) if lines else None
-        if header is None:
-            raise SourceError(
-                f"{name}: line 1 should be a 'count dim' header; pass fmt='glove' if it has none."
-            )
-        count, dim = header
-        lines = lines[1:]
-        first_line = 2
-        if max_words is None and count != len(lines):
-            raise SourceError(
-                f"{name}: the header says {count} vectors but the file has {len(lines)}; fix the header's count "
-                "(or the file is truncated)."
-            )
-    if max_words is not None:
-        lines = lines[:max_words]
-    if not lines:
+    name = str(path)
+    words: list[str] = []
+    blocks: list[np.ndarray] = []
+    count = dim = None
+    n_rows = 0
+    with _open_binary(path) as f:
+        for first_line, lines in _line_blocks(f):
+            if has_header and first_line == 1:
+                header = parse_header(lines[0]) if lines else None
+                if header is None:
+                    raise SourceError(
+                        f"{name}: line 1 should be a 'count dim' header; pass fmt='glove' if it has none."
+                    )
+                count, dim = header
+                lines, first_line = lines[1:], 2
+            if max_words is not None:
+                lines = lines[: max_words - n_rows]
+            if not lines:
+                continue
+            if dim is None:
+                dim = len(lines[0].partition(b" ")[2].split())
+            block_words, values = _parse_block(lines, dim, name, first_line)
+            words += block_words
+            blocks.append(values)
+            n_rows += len(block_words)
+            if max_words is not None and n_rows >= max_words:
+                break
+    if count is not None and max_words is None and count != n_rows:
+        raise SourceError(
+            f"{name}: the header says {count} vectors but the file has {n_rows}; fix the header's count "
+            "(or the file is truncated)."
+        )
+    if not words:
         raise SourceError(f"{name} holds no vectors.")
+    return words, blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _line_blocks(f: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield `(number of the block's first line, its non-empty lines)` for blocks of about `_TEXT_BLOCK` bytes."""
+    pending = b""
+    line_no = 1
+    first = True
+    while True:
+        chunk = f.read(_TEXT_BLOCK)
+        if first and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        first = False
+        if chunk:
+            data = pending + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                pending = data
+                continue
+            pending, data = data[cut + 1 :], data[:cut]
+        else:
+            data, pending = pending, b""
+            if not data:
+                return
+        lines = data.split(b"\n")
+        if b"\r" in data:
+            lines = [line.rstrip(b"\r") for line in lines]
+        start, line_no = line_no, line_no + len(lines)
+        if all(lines):
+            yield start, lines
+        else:
+            # Blank lines are skipped; the block restarts after each so line numbers stay exact.
+            run: list[bytes] = []
+            for i, line in enumerate(lines):
+                if line:
+                    run.append(line)
+                    continue
+                if run:
+                    yield start + i - len(run), run
+                run = []
+            if run:
+                yield start + len(lines) - len(run), run
+        if not chunk:
+            return
+
+
+def _parse_block(lines: list[bytes], dim: int, name: str, first_line: int) -> tuple[list[str], np.ndarray]:
     parts = [line.partition(b" ") for line in lines]
-    del lines
     raw_words = [p[0] for p in parts]
     rests = [p[2] for p in parts]
     del parts
-    if dim is None:
-        dim = len(rests[0].split())
     try:
         values = np.loadtxt(rests, dtype=np.float32, comments=None, ndmin=2, quotechar=None)
         ok = values.shape == (len(rests), dim)

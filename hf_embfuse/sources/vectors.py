@@ -69,10 +69,7 @@ def read_vectors_source(
             raise SourceError(f"{path}: decompress word2vec binary files before reading them (gunzip).")
         words, values = parse_word2vec_binary(path, max_words=max_words)
     else:
-        has_header = fmt != "glove"
-        words, values = parse_text_vectors(
-            _read_bytes(path), has_header=has_header, name=name, max_words=max_words
-        )
+        words, values = parse_text_vectors(path, has_header=fmt != "glove", max_words=max_words)
     words, values, duplicates = _drop_duplicates(words, values)
     if duplicates:
         logger.warning("%s: %d repeated words; kept the first vector of each.", name, duplicates)
@@ -91,7 +88,7 @@ def detect_vectors_format(path: Path) -> str:
             sample = f.read(1 << 16)
     except (OSError, EOFError) as e:
         raise SourceError(f"Cannot read {path} ({e}).") from None
-    first, _, after = sample.partition(b"\n")
+    first, _, after = sample.removeprefix(b"\xef\xbb\xbf").partition(b"\n")
     if parse_header(first) is None:
         if path.suffix == ".bin":
             raise SourceError(
@@ -109,13 +106,6 @@ def detect_vectors_format(path: Path) -> str:
     if binary:
         return "word2vec-binary"
     return "fasttext" if path.name.endswith((".vec", ".vec.gz")) else "word2vec"
-
-
-def _read_bytes(path: Path) -> bytes:
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
 
 
 def _single_npy(folder: Path) -> Path:

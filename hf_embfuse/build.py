@@ -68,11 +68,16 @@ class FuseResult:
     reports: list[SourceReport]
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write model, tokenizer and `embfuse_report.json` into `folder`."""
+        """Write model, tokenizer, `embfuse_report.json` and the model card (`README.md`) into `folder`."""
+        from .model_card import build_model_card
+
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         report = {"sources": [r.to_dict() for r in self.reports]}
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        weights = self.model.get_input_embeddings().mean_mixing_weights()
+        config = {**self.model.config.to_dict(), "mixing_weights": [round(float(w), 4) for w in weights]}
+        build_model_card(config).save(Path(folder) / "README.md")
 
 
 def fuse(

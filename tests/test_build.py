@@ -94,6 +94,8 @@ def test_cli_build_then_inspect(sources, tmp_path, capsys):
         "tokenizer.json",
         "embfuse_report.json",
     } <= {p.name for p in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "embfuse" in card and "glove.txt" in card and "trust_remote_code=True" in card
     report = json.loads((out / "embfuse_report.json").read_text())
     assert [s["projection"]["method"] for s in report["sources"]] == ["procrustes", "transport"]
     assert not list(tmp_path.glob(".out.tmp-*")), "staging folder left behind"

@@ -22,28 +22,17 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import save_file  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer  # noqa: E402
 
 from hf_embfuse.training import EmbFuseTrainer, MixingWeightsCallback  # noqa: E402
 from tests.fixtures_models import tiny_fused  # noqa: E402
-from tests.test_trainer_mixing import TinyTask  # noqa: E402
+from tests.fixtures_training import TinyTask, tiny_training_args  # noqa: E402
 
 
 def main(out_dir: Path, scenario: str) -> int:
     # TrainingArguments sets up torch.distributed (gloo on CPU) from the launcher's environment.
-    args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=2,
-        disable_tqdm=True,
-        use_cpu=True,
-        ddp_backend="gloo",
-        dataloader_num_workers=0,
-        seed=0,
+    args = tiny_training_args(
+        out_dir / "trainer", per_device_train_batch_size=4, ddp_backend="gloo", dataloader_num_workers=0
     )
     rank = args.process_index
     assert args.world_size == 2, f"expected 2 processes, got {args.world_size}"

@@ -137,27 +137,16 @@ def test_gradient_checkpointing_gives_lora_and_mixer_gradients():
 
 
 def test_embfuse_trainer_trains_and_logs_a_lora_model(tmp_path):
-    from transformers import TrainingArguments
-
     from hf_embfuse.training import EmbFuseTrainer
-    from tests.test_trainer_mixing import TinyTask
+    from tests.fixtures_training import TinyTask, tiny_training_args
 
     fused = tiny_fused("bert", "sequence-classification", mixing="gated")
     peft_model = get_peft_model(fused, embfuse_lora_config(fused, r=4))
     mixer = peft_model.get_input_embeddings().mixer
     before = mixer.modules_to_save["default"].logits.detach().clone()
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=2,
-        use_cpu=True,
-        disable_tqdm=True,
+    trainer = EmbFuseTrainer(
+        model=peft_model, args=tiny_training_args(tmp_path), train_dataset=TinyTask(), mixer_lr=5e-2
     )
-    trainer = EmbFuseTrainer(model=peft_model, args=args, train_dataset=TinyTask(), mixer_lr=5e-2)
     trainer.train()
     assert not torch.equal(mixer.modules_to_save["default"].logits, before)
     assert {group["name"]: group["initial_lr"] for group in trainer.optimizer.param_groups}["mixer"] == 5e-2

@@ -5,30 +5,14 @@ import sys
 
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from hf_embfuse.training import EmbFuseTrainer, MixingWeightsCallback, mixing_statistics, plot_mixing_history
 from hf_embfuse.training._modules import source_names
 from tests.fixtures_models import tiny_fused
-from tests.test_trainer_mixing import TinyTask
+from tests.fixtures_training import TinyTask, tiny_training_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def training_args(tmp_path, steps=4, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        max_steps=steps,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=2,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    return TrainingArguments(**{**defaults, **kwargs})
 
 
 class Recorder(TrainerCallback):
@@ -47,7 +31,7 @@ def test_plain_trainer_gets_mixing_keys_history_and_plot(tmp_path, mixing):
     names = source_names(model, 3)
     trainer = Trainer(
         model=model,
-        args=training_args(tmp_path, learning_rate=5e-2),
+        args=tiny_training_args(tmp_path, learning_rate=5e-2),
         train_dataset=TinyTask(),
         callbacks=[MixingWeightsCallback()],
     )
@@ -73,7 +57,7 @@ def test_embfuse_trainer_puts_the_callback_before_reporters(tmp_path):
     recorder = Recorder()
     trainer = EmbFuseTrainer(
         model=tiny_fused("bert", "sequence-classification"),
-        args=training_args(tmp_path),
+        args=tiny_training_args(tmp_path),
         train_dataset=TinyTask(),
         callbacks=[recorder],
     )
@@ -87,7 +71,7 @@ def test_embfuse_trainer_puts_the_callback_before_reporters(tmp_path):
 def test_embfuse_trainer_can_leave_the_callback_out(tmp_path):
     trainer = EmbFuseTrainer(
         model=tiny_fused("bert", "sequence-classification"),
-        args=training_args(tmp_path, steps=2),
+        args=tiny_training_args(tmp_path, steps=2),
         train_dataset=TinyTask(),
         mixing_callback=False,
     )
@@ -105,7 +89,7 @@ def test_without_matplotlib_the_history_is_still_written(tmp_path, monkeypatch, 
     assert "pip install 'hf-embfuse[plot]'" in caplog.text
     trainer = Trainer(
         model=tiny_fused("bert", "sequence-classification"),
-        args=training_args(tmp_path, steps=2),
+        args=tiny_training_args(tmp_path, steps=2),
         train_dataset=TinyTask(),
         callbacks=[callback],
     )

@@ -25,7 +25,7 @@ from hf_embfuse.alignment.canonical import (
     placeholder_mask,
     starts_isolated,
 )
-from tests.fixtures_tokenizers import FACTORIES
+from tests.fixtures_tokenizers import FACTORIES, WORDPIECE_SPECIALS
 
 WP = TokenizerFamily(WORDPIECE, "##")
 BL = TokenizerFamily(BYTE_LEVEL)
@@ -209,3 +209,23 @@ def test_code_points_lengths_and_leading():
     assert codes.lengths.tolist() == [2, 0, 3]
     assert codes.leading(2).tolist() == [[97, 98], [0, 0], [0xE7, 0xDCC3]]
     assert codes.count_in_range(0xDC80, 0xDCFF).tolist() == [0, 0, 1]
+
+
+# --------------------------------------------------------------------------- the shared tokenizer fixtures
+
+
+def test_fixture_layouts():
+    """The documented ids of tests/fixtures_tokenizers.py, which other test modules rely on."""
+    wp, bpe, uni = (FACTORIES[name]() for name in ("wordpiece", "bpe", "unigram"))
+    assert wp.convert_ids_to_tokens(list(range(8))) == list(WORDPIECE_SPECIALS)
+    assert (wp.cls_token, wp.sep_token, wp.pad_token, wp.mask_token) == ("[CLS]", "[SEP]", "[PAD]", "[MASK]")
+    assert bpe.convert_ids_to_tokens(0) == "<|endoftext|>" == bpe.bos_token == bpe.eos_token
+    assert len(set(bpe.convert_ids_to_tokens(list(range(1, 257))))) == 256  # the byte symbols
+    assert (
+        bpe.tokenize(" hello") == ["Ġhello"]
+        and bpe.convert_ids_to_tokens(len(bpe) - 1) == "<|reserved_special_token_0|>"
+    )
+    assert uni.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["<unk>", "<s>", "</s>", "<pad>", "<0x00>"]
+    assert uni.tokenize("é") == ["▁", "<0xC3>", "<0xA9>"]
+    for tok in (wp, bpe, uni):
+        assert len(tok) <= 400 and tok.backend_tokenizer is not None

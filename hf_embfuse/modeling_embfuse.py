@@ -540,61 +540,35 @@ class EmbFuseModel(EmbFusePreTrainedModel):
         return super().forward(**_explicit(locals()), **kwargs)
 
 
-class EmbFuseForSequenceClassification(EmbFusePreTrainedModel):
+class _EncoderTaskModel(EmbFusePreTrainedModel):
+    """The forward signature shared by the encoder task heads (explicit, so the Trainer keeps `labels`)."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().forward(**_explicit(locals()), **kwargs)
+
+
+class EmbFuseForSequenceClassification(_EncoderTaskModel):
     """`AutoModelForSequenceClassification` with a fused input embedding; adds λ·Ω to the loss."""
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        return super().forward(**_explicit(locals()), **kwargs)
 
-
-class EmbFuseForTokenClassification(EmbFusePreTrainedModel):
+class EmbFuseForTokenClassification(_EncoderTaskModel):
     """`AutoModelForTokenClassification` with a fused input embedding; adds λ·Ω to the loss."""
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        return super().forward(**_explicit(locals()), **kwargs)
 
-
-class EmbFuseForMaskedLM(EmbFusePreTrainedModel):
+class EmbFuseForMaskedLM(_EncoderTaskModel):
     """`AutoModelForMaskedLM` with a fused input embedding; the LM head keeps the base's (tied) table."""
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        return super().forward(**_explicit(locals()), **kwargs)
 
 
 class EmbFuseForCausalLM(EmbFusePreTrainedModel, GenerationMixin):

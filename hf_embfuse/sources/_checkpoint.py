@@ -177,7 +177,20 @@ def _from_index(index_path: Path, fmt: str) -> WeightFiles:
         raise SourceError(
             f"Index file {index_path} is unreadable ({e!r}); re-download the checkpoint."
         ) from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _inside_folder(v) for k, v in weight_map.items()
+    ):
+        raise SourceError(
+            f"Index file {index_path}: `weight_map` must map tensor names to file names in the checkpoint "
+            "folder; the file is corrupt. Re-download the checkpoint."
+        )
     return WeightFiles(fmt=fmt, weight_map=dict(weight_map))
+
+
+def _inside_folder(name: str) -> bool:
+    """A relative file name that stays inside the checkpoint folder (no absolute path, no `..`)."""
+    parts = Path(name.replace("\\", "/")).parts
+    return bool(parts) and not os.path.isabs(name) and ".." not in parts
 
 
 def _from_files(ckpt: ResolvedCheckpoint, names: list[str], allow_pickle: bool) -> WeightFiles:

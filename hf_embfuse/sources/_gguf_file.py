@@ -81,21 +81,29 @@ class _Cursor:
     def unpack(self, fmt: str) -> Any:
         try:
             (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        except struct.error:
-            raise SourceError(f"{self.path} ends inside its GGUF header; the file is truncated.") from None
+        except (struct.error, OverflowError):  # past the end (by far, for lengths a corrupt file states)
+            raise self.truncated() from None
         self.pos += struct.calcsize(fmt)
         return value
 
+    def truncated(self) -> SourceError:
+        return SourceError(f"{self.path} ends inside its GGUF header; the file is truncated.")
+
     def string(self) -> str:
         n = self.unpack("<Q")
+        if self.pos + n > len(self.buf):
+            raise self.truncated()
         raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int) -> None:
         buf, pos, unpack = self.buf, self.pos, struct.unpack_from
-        for _ in range(count):
-            pos += 8 + unpack("<Q", buf, pos)[0]
+        try:
+            for _ in range(count):
+                pos += 8 + unpack("<Q", buf, pos)[0]
+        except (struct.error, OverflowError):
+            raise self.truncated() from None
         self.pos = pos
 
     def value(self, vtype: int) -> Any:
@@ -109,11 +117,17 @@ class _Cursor:
                 return [self.value(item_type) for _ in range(count)]
             if item_type in _SCALARS:
                 self.pos += count * struct.calcsize(_SCALARS[item_type])
+                if self.pos > len(self.buf):
+                    raise self.truncated()
             elif item_type == _STRING:
                 self.skip_strings(count)
-            else:  # arrays of arrays: walk them
+            elif item_type == _ARRAY:  # arrays of arrays: walk them
                 for _ in range(count):
                     self.value(item_type)
+            else:
+                raise SourceError(
+                    f"{self.path}: unknown GGUF array item type {item_type}; the file is corrupt or from a newer format."
+                )
             return ArrayInfo(count, item_type)
         raise SourceError(
             f"{self.path}: unknown GGUF value type {vtype}; the file is corrupt or from a newer format."
@@ -140,15 +154,24 @@ def read_gguf_header(path: str | os.PathLike) -> GGUFHeader:
                 )
             n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
             metadata: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = cur.string()
-                metadata[key] = cur.value(cur.unpack("<I"))
+            try:
+                for _ in range(n_kv):
+                    key = cur.string()
+                    metadata[key] = cur.value(cur.unpack("<I"))
+            except RecursionError:  # arrays of arrays of arrays...: only a corrupt file nests that deep
+                raise SourceError(
+                    f"{path}: GGUF metadata arrays nested too deeply; the file is corrupt."
+                ) from None
             infos = []
             for _ in range(n_tensors):
                 name = cur.string()
                 dims = [cur.unpack("<Q") for _ in range(cur.unpack("<I"))]
                 infos.append((name, tuple(reversed(dims)), cur.unpack("<I"), cur.unpack("<Q")))
-            alignment = int(metadata.get("general.alignment", 32))
+            alignment = metadata.get("general.alignment", 32)
+            if type(alignment) is not int or alignment < 1:
+                raise SourceError(
+                    f"{path}: general.alignment is {alignment!r}, not a positive integer; the file is corrupt."
+                )
             data_start = -(-cur.pos // alignment) * alignment
             size = len(buf)
     tensors = {name: TensorInfo(name, shape, t, data_start + off) for name, shape, t, off in infos}

@@ -82,14 +82,19 @@ def read_safetensors_tensor(path: str | os.PathLike, key: str) -> tuple[torch.Te
             f"{path} has no tensor {key!r}; its index file may be stale. Re-download the checkpoint."
         )
     info = header[key]
+    if not _valid_entry(info):
+        raise SourceError(
+            f"{path}: the header entry of tensor {key!r} is malformed ({str(info)[:200]}); the file is corrupt. "
+            "Re-download or re-save it."
+        )
     dtype = SAFETENSORS_DTYPES.get(info["dtype"])
     if dtype is None:
         raise SourceError(
             f"Tensor {key!r} in {path} has dtype {info['dtype']}, not a float type (a quantised checkpoint?). "
             "Point at an unquantised checkpoint of the model."
         )
-    shape = tuple(int(s) for s in info["shape"])
-    begin, end = (int(o) for o in info["data_offsets"])
+    shape = tuple(info["shape"])
+    begin, end = info["data_offsets"]
     numel = 1
     for s in shape:
         numel *= s
@@ -102,6 +107,21 @@ def read_safetensors_tensor(path: str | os.PathLike, key: str) -> tuple[torch.Te
         f.seek(data_start + begin)
         read_into_float32(f, out.view(-1), dtype, path)
     return out, info["dtype"]
+
+
+def _valid_entry(info: Any) -> bool:
+    """A tensor entry as the format defines it: dtype name, non-negative dims, 0 <= begin <= end."""
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return False
+    return (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    )
 
 
 def read_into_float32(f: BinaryIO, out: torch.Tensor, dtype: torch.dtype, path: str | os.PathLike) -> None:

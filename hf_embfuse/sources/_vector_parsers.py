@@ -7,9 +7,11 @@ single call. Only when that call fails does a per-line pass run, to say which li
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import mmap
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -53,7 +55,7 @@ def parse_text_vectors(
     blocks: list[np.ndarray] = []
     count = dim = None
     n_rows = 0
-    with _open_binary(path) as f:
+    with _open_binary(path) as f, _read_errors(name):
         for first_line, lines in _line_blocks(f):
             if has_header and first_line == 1:
                 header = parse_header(lines[0]) if lines else None
@@ -69,6 +71,11 @@ def parse_text_vectors(
                 continue
             if dim is None:
                 dim = len(lines[0].partition(b" ")[2].split())
+                if dim == 0:
+                    raise SourceError(
+                        f"{name}, line {first_line}: a word without values ({lines[0][:40]!r}); each line "
+                        "should be `word v1 v2 ...`."
+                    )
             block_words, values = _parse_block(lines, dim, name, first_line)
             words += block_words
             blocks.append(values)
@@ -83,6 +90,15 @@ def parse_text_vectors(
     if not words:
         raise SourceError(f"{name} holds no vectors.")
     return words, blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+@contextlib.contextmanager
+def _read_errors(name: str) -> Iterator[None]:
+    """A damaged file (truncated or corrupt gzip stream, I/O error) is a SourceError naming it."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error) as e:
+        raise SourceError(f"Cannot read {name} ({e}); the file is truncated or corrupt.") from None
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -224,7 +240,9 @@ def parse_word2vec_binary(path: Path, *, max_words: int | None = None) -> tuple[
         n = count if max_words is None else min(count, max_words)
         record = 4 * dim
         size = len(buf)
-        offsets = np.empty(n, dtype=np.int64)
+        # Each entry takes at least `record + 1` bytes: a header claiming more than fit (say 10^12
+        # vectors) must fail on the data, not on allocating room for them.
+        offsets = np.empty(min(n, (size - newline) // (record + 1) + 1), dtype=np.int64)
         raw_words: list[bytes] = []
         pos = newline + 1
         for i in range(n):
@@ -232,7 +250,7 @@ def parse_word2vec_binary(path: Path, *, max_words: int | None = None) -> tuple[
             while pos < size and buf[pos] in (10, 13):
                 pos += 1
             space = buf.find(b" ", pos, pos + 4096)
-            if space < 0 or space + 1 + record > size:
+            if space < 0 or space + 1 + record > size or i >= len(offsets):
                 raise SourceError(
                     f"{name}: the header says {count} vectors but the file ends after {i}; fix the header's count "
                     "(or the file is truncated)."

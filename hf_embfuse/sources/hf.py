@@ -62,6 +62,11 @@ def read_hf_source(
     hint = architecture_hint(config, trust_remote_code=trust_remote_code) if config is not None else None
     key, located_by = _locate(ckpt, files, hint, tensor_key)
     filename = files.weight_map[key]
+    if ckpt.repo_id is None and filename not in files.loaded and not (ckpt.folder / filename).is_file():
+        raise SourceError(
+            f"{ckpt.name!r}: its index file puts {key!r} in {filename}, which is missing from {ckpt.folder}; "
+            "the checkpoint is incomplete. Re-download it."
+        )
     if files.fmt == "safetensors":
         weight, dtype = read_safetensors_tensor(ckpt.fetch(filename), key)
     else:

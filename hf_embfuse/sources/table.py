@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .errors import SourceError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -40,11 +42,26 @@ class SourceTable:
         if (self.tokenizer is None) == (self.vocab is None):
             raise ValueError(f"Source {self.name!r}: give exactly one of `tokenizer` and `vocab`.")
         if self.weight.ndim != 2:
-            raise ValueError(f"Source {self.name!r}: the table must be 2-D, got shape {tuple(self.weight.shape)}.")
+            raise ValueError(
+                f"Source {self.name!r}: the table must be 2-D, got shape {tuple(self.weight.shape)}."
+            )
         if self.vocab is not None and len(self.vocab) != self.weight.shape[0]:
             raise ValueError(
                 f"Source {self.name!r}: {len(self.vocab)} words for {self.weight.shape[0]} rows; they must match."
             )
+        self._check_finite()
+
+    def _check_finite(self, chunk_rows: int = 16384) -> None:
+        # In row chunks: a mask of the whole table would cost a byte per value (168 MB for Gemma's).
+        for start in range(0, self.weight.shape[0], chunk_rows):
+            bad = ~torch.isfinite(self.weight[start : start + chunk_rows]).all(dim=1)
+            if bad.any():
+                row = start + int(bad.nonzero()[0])
+                what = repr(self.vocab[row]) if self.vocab is not None else f"token id {row}"
+                raise SourceError(
+                    f"Source {self.name!r}: row {row} ({what}) holds NaN or infinite values; the file is corrupt. "
+                    "Fix or remove that row."
+                )
 
     @property
     def width(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,9 @@ def _read_npy(
 ) -> tuple[list[str], np.ndarray, Path]:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise SourceError(f"{path} is not a plain numeric .npy array ({e}).") from None
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the header with Python's tokenizer: a corrupt one raises any of these.
+        raise SourceError(f"{path} is not a plain numeric .npy array ({type(e).__name__}: {e}).") from None
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise SourceError(
             f"{path} holds a {matrix.ndim}-D {matrix.dtype} array; a 2-D float matrix is expected."

@@ -160,7 +160,12 @@ def _parse_block(lines: list[bytes], dim: int, name: str, first_line: int) -> tu
         ok = False
     if not ok:
         raw_words, rests = _fix_or_explain(raw_words, rests, dim, name, first_line)
-        values = np.loadtxt(rests, dtype=np.float32, comments=None, ndmin=2, quotechar=None)
+        try:
+            values = np.loadtxt(rests, dtype=np.float32, comments=None, ndmin=2, quotechar=None)
+        except ValueError as e:  # what the per-line check cannot see, e.g. a stray carriage return
+            raise SourceError(
+                f"{name}, lines {first_line}-{first_line + len(rests) - 1}: {e} Fix the file's line endings."
+            ) from None
     return decode_words(raw_words, name, first_line), values
 
 

@@ -251,10 +251,14 @@ def _byte_level_texts(strings: list[str], literal: np.ndarray | None) -> list[st
 
 
 def _nfc(texts: list[str]) -> list[str]:
-    joined = SEP.join(texts)
-    if unicodedata.is_normalized("NFC", joined):
-        return texts
-    return bulk_map(texts, lambda s: unicodedata.normalize("NFC", s))
+    # The quick check is C-level per token; almost every vocabulary is NFC already, so few are rebuilt.
+    done = np.fromiter(map(_is_nfc, texts), dtype=bool, count=len(texts))
+    for i in np.flatnonzero(~done).tolist():
+        texts[i] = unicodedata.normalize("NFC", texts[i])
+    return texts
+
+
+_is_nfc = functools.partial(unicodedata.is_normalized, "NFC")
 
 
 def canonical_forms(

@@ -1,8 +1,9 @@
-"""The dictionary steps of the cascade: special tokens by string or role, then exact, canonical and
-case-folded text, each a handful of C-level dictionary passes over the whole vocabulary."""
+"""The dictionary steps of the cascade: special tokens by string or role, then canonical (exact when the
+strings agree too) and case-folded text, each a handful of C-level passes over the whole vocabulary."""
 
 from __future__ import annotations
 
+import operator
 from itertools import repeat
 
 import numpy as np
@@ -43,12 +44,12 @@ def _lookup(table: dict[str, int], keys: list[str]) -> np.ndarray:
 class SourceIndex:
     """A source vocabulary's content tokens as dictionaries, one per word position.
 
-    `canonical[flag]` maps the canonical text of tokens whose word-start flag is `flag` to their id,
-    `casefold[flag]` the case-folded text. Where several tokens share a key, regular pieces beat
-    byte-fallback pieces and lower ids beat higher ones (each dictionary is filled from least to
-    most preferred, so the last write wins). Tokens without a word position (`Vocabulary.isolated`,
-    e.g. BERT's `"."`) are filed under both positions.
-    `exact` maps raw token strings to ids.
+    `canonical[flag]` maps the canonical text of tokens whose word-start flag is `flag` to their id;
+    `casefold[flag]` maps case-folded texts, for the tokens that fold to something else ("Paris");
+    a token already folded is found in `canonical`. Where several tokens share a key, regular pieces
+    beat byte-fallback pieces and lower ids beat higher ones (each dictionary is filled from least
+    to most preferred, so the last write wins). Tokens without a word position
+    (`Vocabulary.isolated`, e.g. BERT's `"."`) are filed under both positions.
 
     Args:
         src: the source vocabulary.
@@ -59,7 +60,6 @@ class SourceIndex:
         ids = np.flatnonzero(src.content & usable)[::-1]
         order = np.concatenate([ids[src.byte_piece[ids]], ids[~src.byte_piece[ids]]])
         self.vocab = src
-        self.exact = dict(zip(take(src.tokens, ids), ids.tolist(), strict=True))
         self.canonical: dict[bool, dict[str, int]] = {}
         self.casefold: dict[bool, dict[str, int]] = {}
         for flag in (False, True):
@@ -70,16 +70,20 @@ class SourceIndex:
             sel = np.concatenate([others, own] if flag else [own, others])
             texts = take(src.texts, sel)
             self.canonical[flag] = dict(zip(texts, sel.tolist(), strict=True))
-            self.casefold[flag] = dict(zip(bulk_map(texts, str.casefold), sel.tolist(), strict=True))
+            folded = bulk_map(texts, str.casefold)
+            self.casefold[flag] = {
+                f: j for f, t, j in zip(folded, texts, sel.tolist(), strict=True) if f != t
+            }
 
 
 def dictionary_passes(
     base: Vocabulary, index: SourceIndex, rows: np.ndarray
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Canonical, exact and case-folded look-ups for base `rows`.
+    """Canonical and case-folded look-ups for base `rows`.
 
     Returns:
-        outcome (`"exact"`, `"canonical"`, `"casefold"`) -> (base rows, matched source rows).
+        outcome (`"exact"`, `"canonical"`, `"casefold"`) -> (base rows, matched source rows); a
+        canonical match is `"exact"` when the two token strings are the same too.
     """
     src = index.vocab
     found = {name: ([], []) for name in ("exact", "canonical", "casefold")}
@@ -87,27 +91,14 @@ def dictionary_passes(
         sel = rows[base.word_start[rows] == flag]
         texts = take(base.texts, sel)
         hit = _lookup(index.canonical[flag], texts)
-
-        # The canonical hit is labelled exact when the raw strings agree too. A same-string source
-        # token is preferred when the canonical winner differs (e.g. two byte-level spellings).
         matched = np.flatnonzero(hit >= 0)
-        same = np.array(
-            [
-                a == b
-                for a, b in zip(take(base.tokens, sel[matched]), take(src.tokens, hit[matched]), strict=True)
-            ],
+        same = np.fromiter(
+            map(operator.eq, take(base.tokens, sel[matched]), take(src.tokens, hit[matched])),
             dtype=bool,
+            count=matched.size,
         )
-        differ = np.flatnonzero(~same)
-        alt = _lookup(index.exact, take(base.tokens, sel[matched[differ]]))
-        for pos, j in zip(differ.tolist(), alt.tolist(), strict=True):
-            k = matched[pos]
-            if j >= 0 and src.word_start[j] == flag and src.texts[j] == texts[k]:
-                hit[k], same[pos] = j, True
-        exact = np.zeros(sel.size, dtype=bool)
-        exact[matched[same]] = True
-        _append(found["exact"], sel[exact], hit[exact])
-        _append(found["canonical"], sel[(hit >= 0) & ~exact], hit[(hit >= 0) & ~exact])
+        _append(found["exact"], sel[matched[same]], hit[matched[same]])
+        _append(found["canonical"], sel[matched[~same]], hit[matched[~same]])
 
         # Case-folded: a source token already in folded form ("apple") before any that folds to it.
         rest = np.flatnonzero(hit < 0)

@@ -203,7 +203,7 @@ def read_tensor_float32(path: str | os.PathLike, info: TensorInfo) -> torch.Tens
     if len(info.shape) != 2:
         raise SourceError(f"{path}: tensor {info.name!r} has shape {info.shape}; a 2-D table is expected.")
     rows, cols = info.shape
-    block, block_bytes = _block_layout(info.ggml_type)
+    block, block_bytes = _block_layout(info.ggml_type, path)
     if cols % block:
         raise SourceError(
             f"{path}: tensor {info.name!r} has rows of {cols} values, not whole blocks of {block}."
@@ -224,7 +224,7 @@ def read_tensor_float32(path: str | os.PathLike, info: TensorInfo) -> torch.Tens
     return out
 
 
-def _block_layout(ggml_type: int) -> tuple[int, int]:
+def _block_layout(ggml_type: int, path: str | os.PathLike) -> tuple[int, int]:
     if ggml_type in _FAST_TYPES:
         return _FAST_TYPES[ggml_type][1:]
     gguf = _import_gguf()
@@ -232,7 +232,8 @@ def _block_layout(ggml_type: int) -> tuple[int, int]:
         return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
     except (ValueError, KeyError):
         raise SourceError(
-            f"Unknown GGML tensor type {ggml_type}; upgrade the gguf package (pip install -U gguf)."
+            f"{path}: unknown GGML tensor type {ggml_type}; the file is corrupt, or newer than the gguf "
+            "package (pip install -U gguf)."
         ) from None
 
 

@@ -147,12 +147,13 @@ def fuse_recipe(
     torch.manual_seed(recipe.seed)
     model_class = TASKS[recipe.task]
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(recipe.base)
+        tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
         from .modeling_embfuse import _TASK_AUTO_CLASSES
 
         kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
-        base_model = _TASK_AUTO_CLASSES[model_class.__name__].from_pretrained(recipe.base, **kwargs)
+        auto_class = _TASK_AUTO_CLASSES[model_class.__name__]
+        base_model = _without_remote_code(auto_class.from_pretrained, recipe.base, **kwargs)
     base_table = base_model.get_input_embeddings().weight.detach().float()
     num_rows = base_table.shape[0]
     special = torch.zeros(num_rows, dtype=torch.bool)
@@ -198,6 +199,21 @@ def fuse_recipe(
         base_model_name_or_path=recipe.base,
     )
     return FuseResult(model, tokenizer, reports)
+
+
+def _without_remote_code(load: Any, base: str, **kwargs: Any) -> Any:
+    """Load the base's tokenizer or model with an explicit `trust_remote_code=False`: never run its code, and
+    never stop to ask (transformers prompts on a terminal when the argument is left unset)."""
+    try:
+        return load(base, trust_remote_code=False, **kwargs)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error) and "custom code" not in str(error):
+            raise
+        raise ValueError(
+            f"The base model {base!r} needs its own Python code (auto_map in its config or tokenizer config), which "
+            "hf-embfuse does not run: a fused checkpoint wraps a standard transformers architecture. Use a base "
+            "model that transformers supports without trust_remote_code."
+        ) from None
 
 
 def _project(

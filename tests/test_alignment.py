@@ -155,6 +155,8 @@ CASES = [
     ("wordpiece", "wordpiece", "[MASK]", "special", ["[MASK]"]),
     ("bpe", "bpe", "Ã©", "exact", ["Ã©"]),
     ("unigram", "unigram", "<0xC3>", "exact", ["<0xC3>"]),
+    ("unigram", "unigram", "<0x41>", "exact", ["<0x41>"]),  # not the regular "A" with the same text
+    ("wordpiece", "wordpiece", "##'", "exact", ["##'"]),  # not the position-free "'"
     ("unigram", "unigram", "<pad>", "special", ["<pad>"]),
 ]
 
@@ -213,6 +215,16 @@ def test_report_is_consistent_with_rows(aligned_pairs, base_name, source_name):
     assert torch.equal(aligned.source_index >= 0, one_to_one)
     assert torch.equal(aligned.anchor_mask, aligned.outcome_mask(*ANCHOR_OUTCOMES))
     assert len(report.uncovered_sample) <= 20
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_tokenizer_aligned_to_itself_is_the_identity(name):
+    source = _source(name)
+    aligned = align_source(source.tokenizer, source)
+    rows = ~aligned.outcome_mask("placeholder")
+    assert aligned.outcome_mask("special", "exact")[rows].all(), aligned.report.counts
+    assert torch.equal(aligned.source_index[rows], torch.arange(len(source.tokenizer))[rows])
+    assert torch.equal(aligned.table[rows], source.weight[rows])
 
 
 def test_wordpiece_continuation_never_takes_a_word_initial_piece():

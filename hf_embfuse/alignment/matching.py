@@ -49,7 +49,9 @@ class SourceIndex:
     a token already folded is found in `canonical`. Where several tokens share a key, regular pieces
     beat byte-fallback pieces and lower ids beat higher ones (each dictionary is filled from least
     to most preferred, so the last write wins). Tokens without a word position
-    (`Vocabulary.isolated`, e.g. BERT's `"."`) are filed under both positions.
+    (`Vocabulary.isolated`, e.g. BERT's `"."`) are filed under both positions. `shadowed` maps the
+    strings of the tokens that lost such a tie to their ids, so a base token still finds its very
+    own string (a tokenizer aligned to itself is the identity).
 
     Args:
         src: the source vocabulary.
@@ -62,6 +64,7 @@ class SourceIndex:
         self.vocab = src
         self.canonical: dict[bool, dict[str, int]] = {}
         self.casefold: dict[bool, dict[str, int]] = {}
+        self.shadowed: dict[str, int] = {}
         for flag in (False, True):
             # Position-free tokens are filed under both positions, the word-start one winning: BERT
             # always splits "!" off as a word, so its "##!" row is all but never trained.
@@ -70,6 +73,10 @@ class SourceIndex:
             sel = np.concatenate([others, own] if flag else [own, others])
             texts = take(src.texts, sel)
             self.canonical[flag] = dict(zip(texts, sel.tolist(), strict=True))
+            if len(self.canonical[flag]) < sel.size:
+                winners = np.fromiter(self.canonical[flag].values(), dtype=np.int64)
+                losers = sel[~np.isin(sel, winners)]
+                self.shadowed.update(zip(take(src.tokens, losers), losers.tolist(), strict=True))
             folded = bulk_map(texts, str.casefold)
             self.casefold[flag] = {
                 f: j for f, t, j in zip(folded, texts, sel.tolist(), strict=True) if f != t
@@ -97,6 +104,13 @@ def dictionary_passes(
             dtype=bool,
             count=matched.size,
         )
+        if index.shadowed:  # a token that lost a tie to another spelling of its text is still itself
+            differ = np.flatnonzero(~same)
+            alt = _lookup(index.shadowed, take(base.tokens, sel[matched[differ]]))
+            for pos, j in zip(differ[alt >= 0].tolist(), alt[alt >= 0].tolist(), strict=True):
+                k = matched[pos]
+                if src.word_start[j] == flag and src.texts[j] == texts[k]:
+                    hit[k], same[pos] = j, True
         _append(found["exact"], sel[matched[same]], hit[matched[same]])
         _append(found["canonical"], sel[matched[~same]], hit[matched[~same]])
 

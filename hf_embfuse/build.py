@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -25,7 +25,7 @@ from .modeling_embfuse import (
 )
 from .projection import anchor_mask, fit_linear_map, transport_table
 from .recipe import Recipe, SourceRecipe
-from .sources import SourceTable, read_source
+from .sources import read_source
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +180,13 @@ def fuse_recipe(
             allow_low_coverage=source.allow_low_coverage,
             show_progress=show_progress,
         )
-        spec, projection_report = _project(source, table, aligned, base_table, special, recipe.seed)
+        read = _Provenance(table.name, table.kind, table.revision, table.width)
+        # The raw table and the source tokenizer are not needed past alignment, and for a large vocabulary
+        # they are most of the memory (Gemma: 671 MB + ~320 MB): drop them before the projection's own peak.
+        del table
+        spec, projection_report = _project(source, read, aligned, base_table, special, recipe.seed)
         specs.append(spec)
-        reports.append(SourceReport(table.name, table.kind, table.width, aligned.report, projection_report))
+        reports.append(SourceReport(read.name, read.kind, read.width, aligned.report, projection_report))
         logger.info("%s", aligned.report)
 
     model = model_class.from_base(
@@ -216,9 +220,18 @@ def _without_remote_code(load: Any, base: str, **kwargs: Any) -> Any:
         ) from None
 
 
+class _Provenance(NamedTuple):
+    """What the projection and the report keep of a read source."""
+
+    name: str
+    kind: str
+    revision: str | None
+    width: int
+
+
 def _project(
     source: SourceRecipe,
-    table: SourceTable,
+    table: _Provenance,
     aligned: AlignedSource,
     base_table: torch.Tensor,
     special: torch.Tensor,

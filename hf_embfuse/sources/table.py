@@ -51,12 +51,12 @@ class SourceTable:
             )
         self._check_finite()
 
-    def _check_finite(self, chunk_rows: int = 16384) -> None:
-        # In row chunks: a mask of the whole table would cost a byte per value (168 MB for Gemma's).
-        for start in range(0, self.weight.shape[0], chunk_rows):
-            bad = ~torch.isfinite(self.weight[start : start + chunk_rows]).all(dim=1)
-            if bad.any():
-                row = start + int(bad.nonzero()[0])
+    def _check_finite(self) -> None:
+        # A row's sum is NaN or infinite whenever one of its values is (or when finite values overflow),
+        # so one cheap reduction finds the candidate rows; only those are checked value by value.
+        candidates = (~torch.isfinite(self.weight.sum(dim=1))).nonzero().flatten()
+        for row in candidates.tolist():
+            if not torch.isfinite(self.weight[row]).all():
                 what = repr(self.vocab[row]) if self.vocab is not None else f"token id {row}"
                 raise SourceError(
                     f"Source {self.name!r}: row {row} ({what}) holds NaN or infinite values; the file is corrupt. "

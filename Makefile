@@ -46,7 +46,10 @@ lint: install
 
 bench: install gemma
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_sources.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_alignment.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_projection.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_training.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval_demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs

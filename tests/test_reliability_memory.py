@@ -2,7 +2,7 @@
 
 For a large vocabulary they dominate (Gemma-3: a 262,144 × 640 float32 table, 671 MB, and a ~320 MB
 tokenizer); the projection that follows has its own peak, and holding both measured 2.35 GB peak RSS
-against 1.58 GB without (docs/reliability.md, "Peak memory").
+against 1.58 GB without (README.md, "Peak memory").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reproducible builds: the same recipe, sources and seed give byte-identical output folders.
 
-Volatile by design (documented in docs/reliability.md): the source paths kept as provenance in
+Volatile by design (documented in README.md, "Reproducible builds"): the source paths kept as provenance in
 config.json / embfuse_report.json (they are what the recipe says), and `transformers_version`.
 """
 

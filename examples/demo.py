@@ -22,7 +22,9 @@ SENTENCES = ["Fused embeddings carry other models' knowledge.", "The cat sat on 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", default=HERE / "fused_minilm.yaml", type=Path)
     parser.add_argument("--out", default=Path("outputs/fused-minilm"), type=Path)
     args = parser.parse_args()
@@ -42,7 +44,9 @@ def main() -> None:
     workdir = args.out.parent / ".demo-check"
     (reloaded,) = load_in_fresh_process([(args.out.resolve(), "AutoModel", input_ids)], workdir)
     difference = (reloaded - expected).abs().max().item()
-    print(f"\nreloaded in a fresh process with trust_remote_code (hf_embfuse not importable): max |Δ| = {difference:.2e}")
+    print(
+        f"\nreloaded in a fresh process with trust_remote_code (hf_embfuse not importable): max |Δ| = {difference:.2e}"
+    )
     if difference > 1e-5:
         raise SystemExit("the reloaded model's outputs differ from the built model's")
     print("demo OK")

@@ -15,7 +15,9 @@ def describe_checkpoint(folder: Path) -> dict[str, Any]:
     """Read the config and the few small tensors needed to report on a checkpoint (never the whole model)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json; point at a folder written by hf-embfuse.")
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no config.json; point at a folder written by hf-embfuse."
+        )
     raw = json.loads(config_file.read_text())
     if raw.get("model_type") != EmbFuseConfig.model_type:
         raise ValueError(
@@ -89,7 +91,17 @@ def format_description(description: dict[str, Any]) -> str:
     for s in description["sources"]:
         coverage = "-" if s["coverage"] is None else f"{100 * s['coverage']:.1f}%"
         weight = "-" if s["mean_weight"] is None else f"{s['mean_weight']:.3f}"
-        rows.append((str(s["index"]), str(s["name"]), str(s["kind"]), str(s["width"]), s["projection"], coverage, weight))
+        rows.append(
+            (
+                str(s["index"]),
+                str(s["name"]),
+                str(s["kind"]),
+                str(s["width"]),
+                s["projection"],
+                coverage,
+                weight,
+            )
+        )
     lines += _table(rows)
     outcomes = sorted({name for s in description["sources"] for name in s["outcomes"]})
     if outcomes:

@@ -20,13 +20,13 @@ import json, os, sys
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != REPO]
 sys.modules["hf_embfuse"] = None  # any `import hf_embfuse` now raises ImportError
 import torch, transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 requests = json.loads(sys.argv[1])
 outputs = {}
 for index, (folder, auto_class, inputs_file) in enumerate(requests):
     model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
     assert "hf_embfuse" not in type(model).__module__, type(model).__module__
-    x = torch.load(inputs_file)
+    x = load_file(inputs_file)["input_ids"]
     with torch.no_grad():
         out = model(input_ids=x)
     outputs[f"out{index}"] = (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).contiguous()
@@ -38,14 +38,17 @@ def load_in_fresh_process(
     requests: list[tuple[Path, str, torch.Tensor]], workdir: Path, env: dict | None = None
 ):
     """Run `AutoX.from_pretrained(folder, trust_remote_code=True)(input_ids)` in a clean child; return outputs."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
+    workdir = Path(workdir).resolve()  # the child runs inside it: every path handed over must be absolute
     workdir.mkdir(parents=True, exist_ok=True)
     encoded = []
     for index, (folder, auto_class, input_ids) in enumerate(requests):
-        inputs_file = workdir / f"inputs{index}.pt"
-        torch.save(input_ids, inputs_file)
-        encoded.append((str(folder), auto_class, str(inputs_file)))
+        inputs_file = workdir / f"inputs{index}.safetensors"
+        save_file({"input_ids": input_ids.contiguous()}, inputs_file)
+        # A local folder is made absolute (the child runs elsewhere); anything else is a Hub repo id.
+        location = str(Path(folder).resolve()) if Path(folder).exists() else str(folder)
+        encoded.append((location, auto_class, str(inputs_file)))
     repo = str(Path(__file__).resolve().parents[1])
     child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
     result_file = workdir / "outputs.safetensors"

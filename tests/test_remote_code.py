@@ -76,3 +76,14 @@ def test_shipped_files_import_only_torch_transformers_stdlib_and_each_other(name
             continue
         for root in roots:
             assert root in allowed_roots, f"{name} imports {root}"
+
+
+def test_relative_work_folder(tmp_path, monkeypatch):
+    """`make demo` passes a relative folder; the child runs inside it, so paths must be made absolute."""
+    fused = tiny_fused("bert")
+    fused.save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    input_ids = torch.tensor([[5, 6, 7]])
+    (got,) = load_in_fresh_process([(Path("model"), "AutoModel", input_ids)], Path("child"))
+    with torch.no_grad():
+        assert torch.allclose(got, fused(input_ids=input_ids).last_hidden_state, atol=1e-6)

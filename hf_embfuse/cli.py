@@ -49,13 +49,7 @@ def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"hf_embfuse.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"hf_embfuse.{name}":
-                raise
-            continue  # feature module not present in this build
-        module.add_command(commands)
+        importlib.import_module(f"hf_embfuse.{name}").add_command(commands)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._strings import SEP, CodePoints, bulk_map, strip_prefix
+from ._strings import SEP, CodePoints, _joinable, bulk_map, strip_prefix
 
 WORDPIECE = "wordpiece"
 BYTE_LEVEL = "byte_level"
@@ -234,12 +234,29 @@ def _decode_bytes(latin1: str) -> str:
     return latin1.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
-def _byte_level_texts(strings: list[str], literal: np.ndarray | None) -> list[str]:
-    table = _unicode_to_latin1()
-    latin1 = bulk_map(strings, lambda s: s.translate(table))
+# SEP's UTF-8 bytes as latin-1 characters: a complete sequence opening with a lead byte, so it ends
+# whatever incomplete sequence a token leaves and decodes back to SEP, never merging two tokens.
+_SEP_BYTES = SEP.encode("utf-8").decode("latin-1")
+
+
+def _decode_all(strings: list[str]) -> list[str] | None:
+    """Byte-level strings decoded to text in one translate/encode/decode/split, or None if not possible."""
+    joined = _joinable(strings)
+    if joined is None:
+        return None
     try:
-        texts = [_decode_bytes(x) for x in latin1]
+        raw = joined.translate(_unicode_to_latin1()).replace(SEP, _SEP_BYTES).encode("latin-1")
     except UnicodeEncodeError:  # some token is not byte-level text (e.g. an added token in CJK)
+        return None
+    parts = raw.decode("utf-8", "surrogateescape").split(SEP)
+    return parts if len(parts) == len(strings) else None  # a token decoding to SEP itself
+
+
+def _byte_level_texts(strings: list[str], literal: np.ndarray | None) -> list[str]:
+    texts = _decode_all(strings) if strings else []
+    if texts is None:
+        table = _unicode_to_latin1()
+        latin1 = [s.translate(table) for s in strings]
         texts = [
             _decode_bytes(x) if max(x, default="") <= "\xff" else t
             for x, t in zip(latin1, strings, strict=True)

@@ -5,15 +5,9 @@ class the wrappers provide, and marks each wrapper for `register_for_auto_class`
 `save_pretrained` writes the two code files and an `auto_map` naming every wrapper.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
+from . import modeling_embfuse
 from .configuration_embfuse import FORMAT_VERSION, EmbFuseConfig
 from .modeling_embfuse import (
     EmbFuseForCausalLM,
@@ -28,19 +22,13 @@ from .modeling_embfuse import (
 
 __version__ = "0.1.0"
 
-_AUTO_CLASSES = {
-    EmbFuseModel: AutoModel,
-    EmbFuseForSequenceClassification: AutoModelForSequenceClassification,
-    EmbFuseForTokenClassification: AutoModelForTokenClassification,
-    EmbFuseForMaskedLM: AutoModelForMaskedLM,
-    EmbFuseForCausalLM: AutoModelForCausalLM,
-}
-
 
 def _register() -> None:
     AutoConfig.register(EmbFuseConfig.model_type, EmbFuseConfig, exist_ok=True)
     EmbFuseConfig.register_for_auto_class()
-    for model_class, auto_class in _AUTO_CLASSES.items():
+    # The wrapper -> Auto class table lives in the shipped modeling file, which needs it to build models.
+    for name, auto_class in modeling_embfuse._TASK_AUTO_CLASSES.items():
+        model_class = getattr(modeling_embfuse, name)
         auto_class.register(EmbFuseConfig, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hf_embfuse
+from hf_embfuse.modeling_embfuse import _TASK_AUTO_CLASSES
 from hf_embfuse.verify import load_in_fresh_process
 from tests.fixtures_models import VOCAB, tiny_fused
 
@@ -30,7 +31,7 @@ def test_checkpoints_load_in_a_fresh_process_without_hf_embfuse(tmp_path):
         fused.save_pretrained(folder)
         assert sorted(p.name for p in folder.glob("*.py")) == SHIPPED
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-        assert set(auto_map) == {"AutoConfig", *(cls.__name__ for cls in hf_embfuse._AUTO_CLASSES.values())}
+        assert set(auto_map) == {"AutoConfig", *(cls.__name__ for cls in _TASK_AUTO_CLASSES.values())}
         with torch.no_grad():
             expected.append(fused(input_ids=input_ids).logits)
             expected.append(getattr(fused, backbone)(input_ids=input_ids).last_hidden_state)

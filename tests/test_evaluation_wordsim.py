@@ -133,6 +133,7 @@ def test_malformed_pairs_are_rejected(tokenizer, table):
 @pytest.mark.parametrize("seed", range(4))
 def test_ranks_and_spearman_match_scipy_with_ties(seed):
     from scipy import stats  # a test extra: the library itself does not need scipy
+
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 5, size=40).astype(float)  # many ties
     b = a + rng.normal(size=40)

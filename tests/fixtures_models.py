@@ -9,37 +9,22 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     BertConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
 )
 
-import hf_embfuse
 from hf_embfuse import SourceSpec
+from hf_embfuse.build import TASKS
+from hf_embfuse.modeling_embfuse import _TASK_AUTO_CLASSES
 
 VOCAB = 97
 HIDDEN = 32
 
-TASK_AUTO_CLASSES = {
-    "base": AutoModel,
-    "sequence-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "masked-lm": AutoModelForMaskedLM,
-    "causal-lm": AutoModelForCausalLM,
-}
-TASK_EMBFUSE_CLASSES = {
-    "base": hf_embfuse.EmbFuseModel,
-    "sequence-classification": hf_embfuse.EmbFuseForSequenceClassification,
-    "token-classification": hf_embfuse.EmbFuseForTokenClassification,
-    "masked-lm": hf_embfuse.EmbFuseForMaskedLM,
-    "causal-lm": hf_embfuse.EmbFuseForCausalLM,
-}
+# The library's own tables: task name -> EmbFuse wrapper, and wrapper -> the Auto class it wraps.
+TASK_EMBFUSE_CLASSES = TASKS
+TASK_AUTO_CLASSES = {task: _TASK_AUTO_CLASSES[cls.__name__] for task, cls in TASKS.items()}
 
 
 def tiny_config(arch: str, vocab_size: int = VOCAB):

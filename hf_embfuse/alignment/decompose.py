@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 32768
+_BATCH = 8192
+# Chunks per `encode_batch` call: enough to keep a many-core machine busy, few enough for a live progress bar.
+_CHUNKS_PER_CALL = 16
 # Continuation texts for WordPiece arrive as "##" + text: split on whitespace and isolate punctuation
 # (BERT's definition: ASCII punctuation and Unicode P*) everywhere except in the leading "##" word,
 # so the greedy matcher starts from a "##" piece and the rest is pre-tokenised as BERT would.
@@ -168,17 +170,24 @@ class PieceEncoder:
         encoder = self._start if word_start else self._continuation
         prefix = self._prefix(word_start)
         flat, lengths = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-        for lo in range(0, len(texts), _BATCH):
-            chunk = [prefix + t for t in texts[lo : lo + _BATCH]]
-            # One pre-tokenised "sentence" whose words are the texts: each word is normalised,
-            # pre-tokenised and tokenised on its own, exactly as if encoded alone, but the result is
-            # one Encoding instead of one Python object per text; `word_ids` tells the texts apart.
-            encoding = encoder.encode(chunk, is_pretokenized=True, add_special_tokens=False)
-            flat.append(np.asarray(encoding.ids, dtype=np.int64))
-            words = np.asarray(encoding.word_ids, dtype=np.int64)
-            lengths.append(np.bincount(words, minlength=len(chunk)))
+        for lo in range(0, len(texts), _BATCH * _CHUNKS_PER_CALL):
+            group = texts[lo : lo + _BATCH * _CHUNKS_PER_CALL]
+            # Each chunk is one pre-tokenised "sentence" whose words are the texts: each word is
+            # normalised, pre-tokenised and tokenised on its own, exactly as if encoded alone, but the
+            # result is one Encoding per chunk instead of one Python object per text (`word_ids` tells
+            # the texts apart). `encode_batch` spreads the chunks over the backend's threads, unless
+            # TOKENIZERS_PARALLELISM=false.
+            chunks = [[prefix + t for t in group[i : i + _BATCH]] for i in range(0, len(group), _BATCH)]
+            for chunk, encoding in zip(
+                chunks,
+                encoder.encode_batch(chunks, is_pretokenized=True, add_special_tokens=False),
+                strict=True,
+            ):
+                flat.append(np.asarray(encoding.ids, dtype=np.int64))
+                words = np.asarray(encoding.word_ids, dtype=np.int64)
+                lengths.append(np.bincount(words, minlength=len(chunk)))
             if progress is not None:
-                progress.update(len(chunk))
+                progress.update(len(group))
         return np.concatenate(flat), np.concatenate(lengths)
 
 

@@ -13,6 +13,8 @@ Also printed: coverage of each, and how close the two tables are where both cove
 
 Run: `OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_alignment.py`
 (~1-2 minutes; the first run converts the GGUF tokenizers into the hf_embfuse cache).
+With `OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=true`, ours uses two cores (torch and the tokenizer's
+batch encoding); the loop cannot.
 Options: `--sections b`, `--repeat N`, `--no-gemma`, `--loop-limit N` (time the loop on the first N
 tokens only and extrapolate linearly, for a quick look).
 
@@ -35,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-torch.set_num_threads(1)
+# One thread by default, as the loop gets: the speed-up is then ours vs the loop, not extra cores. Set
+# OMP_NUM_THREADS=N TOKENIZERS_PARALLELISM=true to let ours use N cores (the loop cannot).
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _package_dir(name: str) -> Path:
@@ -98,6 +102,7 @@ def _stages(base_tokenizer, source) -> dict[str, float]:
     import numpy as np
 
     from hf_embfuse.alignment import Vocabulary, align_source
+    from hf_embfuse.alignment.cascade import _build_table
     from hf_embfuse.alignment.decompose import decompose_rows
     from hf_embfuse.alignment.matching import SourceIndex, dictionary_passes
 
@@ -110,14 +115,20 @@ def _stages(base_tokenizer, source) -> dict[str, float]:
     start = time.perf_counter()
     found = dictionary_passes(base, SourceIndex(src, usable), rows)
     times["dictionary passes"] = time.perf_counter() - start
+    source_index = np.full(len(base_tokenizer), -1, dtype=np.int64)
+    for base_rows, hits in found.values():
+        source_index[base_rows] = hits
     left = np.setdiff1d(rows, np.concatenate([b for b, _ in found.values()]))
     start = time.perf_counter()
-    decompose_rows(base, src, source.tokenizer, left, usable, False, source.name)
+    decomposed = decompose_rows(base, src, source.tokenizer, left, usable, False, source.name)
     times["decomposition"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _build_table(source.weight, len(base_tokenizer), source_index, *decomposed, "mean")
+    times["table"] = time.perf_counter() - start
     start = time.perf_counter()
     align_source(base_tokenizer, source)
     total = time.perf_counter() - start
-    times["table, report, rest"] = max(total - sum(times.values()), 0.0)
+    times["report, rest"] = max(total - sum(times.values()), 0.0)
     times["total"] = total
     return times
 
@@ -143,10 +154,13 @@ def _case(label: str, base_tokenizer, source, args: argparse.Namespace) -> tuple
         f"**{t_loop_full / t_ours:.1f}×** | {r.content_coverage:.2%} | {naive_covered.float().mean():.2%} | "
         f"{(cos > 0.999).float().mean():.1%} |"
     )
+    # What no vectorisation removes: the source tokenizer's own encoding of the texts to decompose, and
+    # combining their piece rows into the table. Even if all else were free, ours could not beat this.
+    floor = stages["decomposition"] + stages["table"]
     breakdown = (
         f"| {label} | {r.counts['decomposed']:,} | "
         + " | ".join(f"{v:.2f}" for k, v in stages.items())
-        + f" | {stages['decomposition'] / stages['total']:.0%} |"
+        + f" | {floor / stages['total']:.0%} | {t_loop_full / floor:.1f}× |"
     )
     return row, breakdown
 
@@ -176,13 +190,16 @@ def section_b(args: argparse.Namespace) -> list[str]:
         "",
         "Where ours spends its time (one run, seconds):",
         "",
-        "| base <- source | rows decomposed | vocabularies | dictionary passes | decomposition | table, report, rest "
-        "| total | decomposition share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| base <- source | rows decomposed | vocabularies | dictionary passes | decomposition | table | report, rest "
+        "| total | decomposition + table share | ceiling: loop / (decomposition + table) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(breakdown for _, breakdown in cases),
         "",
-        "Decomposition is the source tokenizer's own batch encoding of the tokens no dictionary step matched: the "
-        "per-token loop pays that tokenisation too, plus Python overhead per token, which is what ours removes.",
+        "Decomposition is the source tokenizer's own batch encoding of the tokens no dictionary step matched (the "
+        "per-token loop pays that tokenisation too, plus Python overhead per token, which is what ours removes); "
+        "table is one `embedding_bag` averaging their piece rows into the float32 table. The last column is the "
+        "speed-up ours could reach if reading both vocabularies, every dictionary look-up and the report cost "
+        "nothing.",
     ]
 
 

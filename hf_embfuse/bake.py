@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
+from .checkpoint_folder import read_checkpoint_config
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "chat_template.jinja",
     "chat_template.json",
-)
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
 )
 # Submodules and buffers of MultiSourceEmbedding that exist only to compute the mixture.
 _FUSED_PARTS = ("source_tables.", "projections.", "mixer.", "coverage")
@@ -181,33 +176,8 @@ def _check_embfuse_folder(folder: Path) -> str:
     """Validate `folder` as an EmbFuse checkpoint; return the wrapper class name to load it with."""
     import hf_embfuse
 
-    expected = "a folder written by hf-embfuse (config.json with model_type 'embfuse', and model.safetensors)"
-    if not folder.exists():
-        raise FileNotFoundError(f"{str(folder)!r} does not exist; expected {expected}.")
-    if not folder.is_dir():
-        raise ValueError(f"{str(folder)!r} is a file; expected {expected}.")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        if (folder / "adapter_config.json").is_file():
-            raise ValueError(
-                f"{str(folder)!r} is a PEFT adapter, not a full checkpoint; expected {expected}. Load the EmbFuse "
-                "model with the adapter, `merge_and_unload()`, `save_pretrained(...)`, then bake that folder."
-            )
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json; expected {expected}.")
-    try:
-        raw = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON ({error}); expected {expected}.") from error
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if model_type != "embfuse":
-        raise ValueError(
-            f"{str(folder)!r} holds a {model_type!r} checkpoint, not an embfuse one; expected {expected}. "
-            "A plain checkpoint needs no baking."
-        )
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise FileNotFoundError(f"{str(folder)!r} has a config.json but no weights; expected {expected}.")
-    architectures = raw.get("architectures") or ["EmbFuseModel"]
-    wrapper = architectures[0]
+    config = read_checkpoint_config(folder, not_embfuse_hint="A plain checkpoint needs no baking.")
+    wrapper = (config.get("architectures") or ["EmbFuseModel"])[0]
     if not wrapper.startswith(_WRAPPER_PREFIX) or not hasattr(hf_embfuse, wrapper):
         raise ValueError(
             f"{str(folder)!r} names architecture {wrapper!r}, which is not an EmbFuse wrapper; expected one of "

@@ -24,17 +24,13 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .checkpoint_folder import is_weights_file, read_checkpoint_config
+
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 PLOT_FILE = "mixing_weights.png"  # written by `MixingWeightsCallback` at the end of training
 CODE_FILES = ("configuration_embfuse.py", "modeling_embfuse.py")
-WEIGHT_PATTERNS = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model*.bin",
-    "pytorch_model.bin.index.json",
-)
 # Trainer state that can sit beside a checkpoint in an output folder; it is not part of the model.
 _NOT_PUBLISHED = (
     "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
@@ -127,34 +123,13 @@ def check_checkpoint_folder(folder: str | os.PathLike) -> dict[str, Any]:
     Raises:
         `FileNotFoundError` or `ValueError`, naming what is missing and how to fix it.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{str(folder)!r} is not a folder; give a checkpoint folder written by save_pretrained."
-        )
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{str(folder)!r} has no config.json; give a folder written by save_pretrained."
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as error:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "embfuse":
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise ValueError(
-            f"{str(folder)!r} is a {found!r} checkpoint, not a fused one (model_type 'embfuse'); "
-            "build one with `hf-embfuse build` or `hf_embfuse.fuse`."
-        )
-    missing = [name for name in CODE_FILES if not (folder / name).is_file()]
+    config = read_checkpoint_config(folder)
+    missing = [name for name in CODE_FILES if not (Path(folder) / name).is_file()]
     if missing or not config.get("auto_map"):
         raise ValueError(
             f"{str(folder)!r} lacks {', '.join(missing) or 'an auto_map in config.json'}, so it would not load with "
             "trust_remote_code; save the model again with `import hf_embfuse` done first."
         )
-    if not any(_matches(path.name, WEIGHT_PATTERNS) for path in folder.iterdir()):
-        raise ValueError(f"{str(folder)!r} holds no weights (*.safetensors); save the model into it first.")
     return config
 
 
@@ -321,7 +296,7 @@ def _commit(
         stale = [
             CommitOperationDelete(sibling.rfilename)
             for sibling in info.siblings or []
-            if _matches(sibling.rfilename, WEIGHT_PATTERNS) and sibling.rfilename not in uploaded
+            if is_weights_file(sibling.rfilename) and sibling.rfilename not in uploaded
         ]
         step = "uploading and committing the files"
         commit = api.create_commit(

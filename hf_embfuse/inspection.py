@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint_folder import read_checkpoint_config
 from .configuration_embfuse import EmbFuseConfig
 
 
 def describe_checkpoint(folder: Path) -> dict[str, Any]:
     """Read the config and the few small tensors needed to report on a checkpoint (never the whole model)."""
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{str(folder)!r} has no config.json; point at a folder written by hf-embfuse."
-        )
-    raw = json.loads(config_file.read_text())
-    if raw.get("model_type") != EmbFuseConfig.model_type:
-        raise ValueError(
-            f"{str(folder)!r} is a {raw.get('model_type')!r} checkpoint, not an embfuse one (model_type 'embfuse')."
-        )
+    read_checkpoint_config(folder)
     config = EmbFuseConfig.from_pretrained(folder)
     weights = mixing_weights_from_checkpoint(folder, config)
     sources = []

@@ -225,3 +225,39 @@ def test_missing_recipe_and_invalid_yaml(tmp_path, capsys):
     bad.write_text("base: [unclosed\n")
     assert main(["build", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def _not_a_fused_checkpoint(folder: Path, damage: str) -> None:
+    if damage == "missing":
+        return
+    folder.mkdir()
+    files = {
+        "bert": {"config.json": '{"model_type": "bert"}', "model.safetensors": ""},
+        "adapter": {"adapter_config.json": "{}", "adapter_model.safetensors": ""},
+        "bad-json": {"config.json": "{not json", "model.safetensors": ""},
+        "no-weights": {"config.json": '{"model_type": "embfuse"}'},
+    }[damage]
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "does not exist; expected a folder written by hf-embfuse"),
+        ("bert", "holds a 'bert' checkpoint, not an embfuse one"),
+        ("adapter", "is a PEFT adapter, not a full checkpoint"),
+        ("bad-json", "is not valid JSON"),
+        ("no-weights", "has a config.json but no weights"),
+    ],
+)
+def test_inspect_and_bake_refuse_a_folder_that_is_no_fused_checkpoint_alike(
+    tmp_path, capsys, damage, message
+):
+    folder = tmp_path / "ckpt"
+    _not_a_fused_checkpoint(folder, damage)
+    for command in (["inspect", str(folder)], ["bake", str(folder), "--out", str(tmp_path / "out")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(folder) in err, command
+    assert not (tmp_path / "out").exists()

@@ -240,10 +240,10 @@ def test_invalid_repo_name_fails_before_any_request(hub_client, tmp_path, capsys
     ("damage", "message"),
     [
         ("no-config", "has no config.json"),
-        ("bert-config", "not a fused one"),
+        ("bert-config", "not an embfuse one"),
         ("no-code", "modeling_embfuse.py"),
-        ("no-weights", "holds no weights"),
-        ("not-a-folder", "is not a folder"),
+        ("no-weights", "has a config.json but no weights"),
+        ("not-a-folder", "does not exist"),
     ],
 )
 def test_not_a_fused_checkpoint_fails_before_any_request(hub_client, tmp_path, capsys, damage, message):

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .alignment import AlignedSource, AlignmentReport, align_source
+from .alignment import AlignedSource, AlignmentReport, Vocabulary, align_source
 from .atomic import atomic_output_dir
 from .modeling_embfuse import (
     EmbFuseForCausalLM,
@@ -160,6 +160,7 @@ def fuse_recipe(
     special[[i for i in tokenizer.all_special_ids if i < num_rows]] = True
 
     specs, reports = [], []
+    base_vocabulary = Vocabulary.from_tokenizer(tokenizer)  # read once, used for every source
     for source in _progress(recipe.sources, "reading and aligning sources", show_progress):
         table = read_source(
             source.path,
@@ -179,6 +180,7 @@ def fuse_recipe(
             min_coverage=source.min_coverage,
             allow_low_coverage=source.allow_low_coverage,
             show_progress=show_progress,
+            base_vocabulary=base_vocabulary,
         )
         read = _Provenance(table.name, table.kind, table.revision, table.width)
         # The raw table and the source tokenizer are not needed past alignment, and for a large vocabulary

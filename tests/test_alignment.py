@@ -15,6 +15,7 @@ from hf_embfuse.alignment import (
     AlignedSource,
     AlignmentError,
     AlignmentReport,
+    Vocabulary,
     align_source,
 )
 from hf_embfuse.sources import SourceTable
@@ -317,6 +318,19 @@ def test_progress_bar_does_not_change_the_result():
     base, source = _tokenizer("bpe"), _source("unigram")
     quiet, loud = align_source(base, source), align_source(base, source, show_progress=True)
     assert torch.equal(quiet.table, loud.table) and torch.equal(quiet.outcomes, loud.outcomes)
+
+
+def test_a_base_vocabulary_read_once_serves_every_source():
+    base = _tokenizer("wordpiece")
+    vocabulary = Vocabulary.from_tokenizer(base)
+    for name in ("bpe", "unigram", "static"):
+        fresh, shared = (
+            align_source(base, _source(name)),
+            align_source(base, _source(name), base_vocabulary=vocabulary),
+        )
+        assert torch.equal(fresh.table, shared.table) and torch.equal(fresh.outcomes, shared.outcomes)
+    with pytest.raises(ValueError, match="base_vocabulary has 2 tokens"):
+        align_source(base, _source("bpe"), base_vocabulary=Vocabulary.from_words(["a", "b"]))
 
 
 def test_low_coverage_raises_naming_the_source_and_the_option():

@@ -176,6 +176,7 @@ def align_source(
     min_coverage: float = 0.01,
     allow_low_coverage: bool = False,
     show_progress: bool = False,
+    base_vocabulary: Vocabulary | None = None,
 ) -> AlignedSource:
     """Map a source's embedding table onto the base tokenizer's vocabulary.
 
@@ -189,6 +190,8 @@ def align_source(
         min_coverage: least share of the base's content tokens the source must cover.
         allow_low_coverage: align anyway when coverage is below `min_coverage`.
         show_progress: show a progress bar while decomposing.
+        base_vocabulary: `Vocabulary.from_tokenizer(base_tokenizer)`, when aligning several sources to
+            one base (reading a 262k vocabulary takes ~0.25 s); computed here if not given.
 
     Returns:
         The aligned table with its coverage mask, per-row outcomes and report.
@@ -205,7 +208,12 @@ def align_source(
     if num_rows <= 0:
         raise ValueError(f"num_rows must be positive, got {num_rows}.")
 
-    base = Vocabulary.from_tokenizer(base_tokenizer)
+    base = Vocabulary.from_tokenizer(base_tokenizer) if base_vocabulary is None else base_vocabulary
+    if len(base) < tokenizer_size:
+        raise ValueError(
+            f"base_vocabulary has {len(base)} tokens but the base tokenizer {tokenizer_size}; it was read from "
+            "another tokenizer. Pass Vocabulary.from_tokenizer(base_tokenizer), or leave it out."
+        )
     src = (
         Vocabulary.from_tokenizer(source.tokenizer)
         if source.tokenizer is not None

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, T5Config
+
+from tests.fixtures_tokenizers import make_wordpiece_tokenizer
 
 HIDDEN = 16
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "##s", "##ing", *[f"w{i}" for i in range(52)]]
@@ -21,18 +22,8 @@ VOCAB = len(SPECIALS) + len(WORDS)  # 65
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer over `SPECIALS + WORDS`, built in memory."""
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    """A cased WordPiece tokenizer over `SPECIALS + WORDS`, built in memory."""
+    return make_wordpiece_tokenizer(WORDS, lowercase=False, specials=SPECIALS)
 
 
 def tiny_config(arch: str) -> transformers.PretrainedConfig:

@@ -43,16 +43,19 @@ DEFAULT_WORDPIECE_WORDS: tuple[str, ...] = (
 
 
 def make_wordpiece_tokenizer(
-    words: Sequence[str] = DEFAULT_WORDPIECE_WORDS, *, lowercase: bool = True
+    words: Sequence[str] = DEFAULT_WORDPIECE_WORDS,
+    *,
+    lowercase: bool = True,
+    specials: Sequence[str] = WORDPIECE_SPECIALS,
 ) -> PreTrainedTokenizerFast:
     """A BERT-like WordPiece tokenizer.
 
     Args:
-        words: the vocabulary after the special tokens (`WORDPIECE_SPECIALS`, ids 0-7); `##x` marks a
-            continuation piece.
+        words: the vocabulary after the special tokens; `##x` marks a continuation piece.
         lowercase: BERT-uncased normalisation (lower-case, strip accents).
+        specials: the first ids; must include `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]` and `[MASK]`.
     """
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*WORDPIECE_SPECIALS, *words]))}
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*specials, *words]))}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification
 
 from tests.fixtures_sources import random_table, save_tiny_checkpoint, vector_lines, write_tiny_gguf
+from tests.fixtures_tokenizers import make_wordpiece_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 GLOVE_WORDS = ["the", "cat", "sat", "on", "mat", "dog", *[f"w{i}" for i in range(40)]]
@@ -55,16 +55,7 @@ def killable_recipe(folder: Path, vocab: int = 8000, width: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = [f"w{i}" for i in range(vocab)]
-    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    tokenizer = make_wordpiece_tokenizer(words, lowercase=False, specials=specials)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(specials) + vocab,

@@ -21,6 +21,7 @@ WEIGHT_PATTERNS = (
 
 
 def is_weights_file(name: str) -> bool:
+    """Whether a file name is one `save_pretrained` writes model weights to."""
     return any(fnmatch(name, pattern) for pattern in WEIGHT_PATTERNS)
 
 

@@ -81,7 +81,7 @@ def build(name: str) -> torch.nn.Module:
         return base
     mixing = name.split("-")[1]
     sources = random_sources(base.get_input_embeddings().weight.shape[0])
-    return hf_embfuse.EmbFuseForSequenceClassification.from_base(base, sources, mixing=mixing)
+    return hf_embfuse.from_base(base, sources, mixing=mixing)
 
 
 def batches(vocab: int, count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:

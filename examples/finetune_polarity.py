@@ -41,8 +41,8 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from polarity_data import load_polarity
 
-from hf_embfuse import fuse
-from hf_embfuse.modeling_embfuse import EmbFuseForSequenceClassification, SourceProjection, SourceSpec
+from hf_embfuse import SourceSpec, from_base, fuse
+from hf_embfuse.modeling_embfuse import SourceProjection
 from hf_embfuse.recipe import resolve_path
 from hf_embfuse.sources.cache import cache_root
 from hf_embfuse.training import EmbFuseTrainer, mixing_statistics
@@ -138,7 +138,7 @@ def make_model(config: str, seed: int, args: argparse.Namespace, base_path: str,
         return model
     share = (1 - args.base_weight) / len(specs)
     model.name_or_path = "MiniLM"  # the base's source name in the logs and plots, instead of its folder
-    return EmbFuseForSequenceClassification.from_base(
+    return from_base(
         model,
         specs,
         mixing=config,

@@ -17,8 +17,8 @@ from .modeling_embfuse import (
     EmbFuseModel,
     EmbFusePreTrainedModel,
     MultiSourceEmbedding,
-    SourceSpec,
 )
+from .wrap import SourceSpec, from_base
 
 __version__ = "0.1.0"
 
@@ -26,11 +26,11 @@ __version__ = "0.1.0"
 def _register() -> None:
     AutoConfig.register(EmbFuseConfig.model_type, EmbFuseConfig, exist_ok=True)
     EmbFuseConfig.register_for_auto_class()
-    # The wrapper -> Auto class table lives in the shipped modeling file, which needs it to build models.
-    for name, auto_class in modeling_embfuse._TASK_AUTO_CLASSES.items():
-        model_class = getattr(modeling_embfuse, name)
-        auto_class.register(EmbFuseConfig, model_class, exist_ok=True)
-        model_class.register_for_auto_class(auto_class.__name__)
+    # The task table lives in the shipped modeling file, which needs it to build models.
+    for task in modeling_embfuse.TASKS:
+        model_class = getattr(modeling_embfuse, task.wrapper)
+        task.auto_class.register(EmbFuseConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(task.auto_class.__name__)
 
 
 _register()
@@ -73,6 +73,7 @@ __all__ = [
     "SourceSpec",
     "align_source",
     "bake",
+    "from_base",
     "fuse",
     "load_recipe",
     "push_to_hub",

@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
 from .checkpoint_folder import read_checkpoint_config
+from .modeling_embfuse import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +44,6 @@ TOKENIZER_FILES = (
 )
 # Submodules and buffers of MultiSourceEmbedding that exist only to compute the mixture.
 _FUSED_PARTS = ("source_tables.", "projections.", "mixer.", "coverage")
-
-
-def _auto_class(wrapper_name: str) -> type:
-    """`EmbFuseForSequenceClassification` -> `AutoModelForSequenceClassification`, `EmbFuseModel` -> `AutoModel`."""
-    suffix = wrapper_name[len(_WRAPPER_PREFIX) :] if wrapper_name.startswith(_WRAPPER_PREFIX) else ""
-    auto = None
-    if suffix == "Model" or suffix.startswith("For"):
-        auto = getattr(transformers, "AutoModel" + suffix.removeprefix("Model"), None)
-    if auto is None:
-        raise ValueError(
-            f"Cannot bake a {wrapper_name}: expected one of the EmbFuse wrappers (EmbFuseModel, "
-            "EmbFuseForSequenceClassification, EmbFuseForCausalLM, ...)."
-        )
-    return auto
 
 
 @torch.no_grad()
@@ -93,8 +79,9 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
         )
     from .training._modules import find_fused_embedding  # here: `import hf_embfuse` imports this file
 
-    auto_class = _auto_class(type(model).__name__)
+    auto_class = task_of(type(model)).auto_class
     _, embedding = find_fused_embedding(model)
+    inner = model.base_model  # the wrapped model: its state dict is the plain checkpoint's
     output = model.get_output_embeddings()
     head_is_tied = output is not None and output.weight is embedding.weight
 
@@ -125,10 +112,10 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
     fused = fused.to(embedding.weight.dtype)
 
     embedding_paths = [
-        name for name, module in model.named_modules(remove_duplicate=False) if module is embedding
+        name for name, module in inner.named_modules(remove_duplicate=False) if module is embedding
     ]
     state = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in inner.state_dict().items():
         path = next((p for p in embedding_paths if key.startswith(p + ".")), None)
         if path is None:
             state[key] = tensor.detach().clone()

@@ -14,28 +14,14 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .alignment import AlignedSource, AlignmentReport, Vocabulary, align_source
 from .atomic import atomic_output_dir
-from .modeling_embfuse import (
-    EmbFuseForCausalLM,
-    EmbFuseForMaskedLM,
-    EmbFuseForSequenceClassification,
-    EmbFuseForTokenClassification,
-    EmbFuseModel,
-    EmbFusePreTrainedModel,
-    SourceSpec,
-)
+from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import anchor_mask, fit_linear_map, transport_table
 from .recipe import Recipe, SourceRecipe
 from .sources import read_source
+from .wrap import SourceSpec, from_base, task_named
 
 logger = logging.getLogger(__name__)
 
-TASKS: dict[str, type[EmbFusePreTrainedModel]] = {
-    "base": EmbFuseModel,
-    "sequence-classification": EmbFuseForSequenceClassification,
-    "token-classification": EmbFuseForTokenClassification,
-    "masked-lm": EmbFuseForMaskedLM,
-    "causal-lm": EmbFuseForCausalLM,
-}
 REPORT_FILE = "embfuse_report.json"
 
 
@@ -145,15 +131,12 @@ def fuse_recipe(
 ) -> FuseResult:
     """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs)."""
     torch.manual_seed(recipe.seed)
-    model_class = TASKS[recipe.task]
+    task = task_named(recipe.task)
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
-        from .modeling_embfuse import _TASK_AUTO_CLASSES
-
         kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
-        auto_class = _TASK_AUTO_CLASSES[model_class.__name__]
-        base_model = _without_remote_code(auto_class.from_pretrained, recipe.base, **kwargs)
+        base_model = _without_remote_code(task.auto_class.from_pretrained, recipe.base, **kwargs)
     base_table = base_model.get_input_embeddings().weight.detach().float()
     num_rows = base_table.shape[0]
     special = torch.zeros(num_rows, dtype=torch.bool)
@@ -191,9 +174,10 @@ def fuse_recipe(
         reports.append(SourceReport(read.name, read.kind, read.width, aligned.report, projection_report))
         logger.info("%s", aligned.report)
 
-    model = model_class.from_base(
+    model = from_base(
         base_model,
         specs,
+        task=task.name,
         mixing=recipe.mixing,
         fixed_weights=recipe.initial_weights(),
         mixing_temperature=recipe.mixing_temperature,
@@ -251,9 +235,10 @@ def _project(
         "alignment": aligned.report.to_dict(),
     }
     if source.projection == "identity":
-        return SourceSpec(aligned.table, aligned.coverage, projection="identity", info=info), {
-            "method": "identity"
-        }
+        spec = SourceSpec(
+            aligned.table, aligned.coverage, projection="identity", initialization="identity", info=info
+        )
+        return spec, {"method": "identity"}
     if source.projection == "linear":
         linear = fit_linear_map(aligned.table, base_table, anchors, seed=seed)
         fit = {"method": linear.method, "anchors": linear.n_anchors, "heldout_cosine": linear.heldout_cosine}
@@ -264,6 +249,7 @@ def _project(
             projection="linear",
             projection_weight=linear.weight,
             projection_bias=linear.bias,
+            initialization="linear",
             info=info,
         )
         return spec, fit
@@ -279,7 +265,10 @@ def _project(
     # For comparison only: how far a linear map gets, fitted on a sample of anchors to stay cheap.
     report["linear_heldout_cosine"] = _linear_comparison(aligned.table, base_table, anchors, seed)
     info["projection_fit"] = report
-    return SourceSpec(transported, aligned.coverage, projection="identity", info=info), report
+    spec = SourceSpec(
+        transported, aligned.coverage, projection="identity", initialization="transport", info=info
+    )
+    return spec, report
 
 
 def _linear_comparison(

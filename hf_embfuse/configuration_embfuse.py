@@ -12,11 +12,16 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 # Bump when the checkpoint layout changes; a checkpoint written by newer code is refused by older code.
-FORMAT_VERSION = 1
+# 1: the wrapper adopted the base model's children (keys were the base's own).
+# 2: the wrapper holds the base model as a submodule under the base's `base_model_prefix`.
+FORMAT_VERSION = 2
+UPGRADE_COMMAND = "hf-embfuse upgrade DIR"
 
 MIXING_MODES = ("fixed", "learned", "gated")
 REGULARIZERS = ("none", "anchor", "entropy")
 PROJECTIONS = ("identity", "linear")
+# How a source's stored table and map were initialised (provenance; the runtime map is `projection`).
+INITIALIZATIONS = ("identity", "linear", "transport")
 SOURCE_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -30,8 +35,11 @@ class EmbFuseConfig(PretrainedConfig):
             Config of the wrapped base model (any architecture). Required to build a model.
         sources (`list[dict]`):
             One entry per source table, in order; source 0 is the base model's own table. Each entry needs
-            `width` (the table's width) and `projection` (`"identity"` or `"linear"`); the rest (`name`,
-            `kind`, `revision`, `alignment` summary, ...) is provenance, kept as is. Defaults to the base alone.
+            `width` (the table's width) and `projection`, the map applied at run time (`"identity"` or
+            `"linear"`). `initialization` says how the stored table and map were made (`"identity"`: copied
+            as aligned, `"linear"`: a map fitted on anchors, `"transport"`: rows rebuilt from base vectors);
+            the rest (`name`, `kind`, `revision`, `alignment` summary, ...) is provenance, kept as is.
+            Defaults to the base alone.
         mixing (`str`, defaults to `"learned"`):
             `"fixed"` (the weights in `fixed_weights`), `"learned"` (one logit per source) or `"gated"`
             (a per-token gate computed from each projected vector).
@@ -102,7 +110,15 @@ class EmbFuseConfig(PretrainedConfig):
             sources = (
                 []
                 if width is None
-                else [{"name": "base", "kind": "base", "width": width, "projection": "identity"}]
+                else [
+                    {
+                        "name": "base",
+                        "kind": "base",
+                        "width": width,
+                        "projection": "identity",
+                        "initialization": "identity",
+                    }
+                ]
             )
         self.sources = [dict(source) for source in sources]
         self.mixing = mixing
@@ -123,6 +139,14 @@ class EmbFuseConfig(PretrainedConfig):
     def num_sources(self) -> int:
         return len(self.sources)
 
+    def __getattr__(self, name: str) -> Any:
+        # Trainer, pipelines, PEFT and generation read the wrapped model's attributes (`vocab_size`,
+        # `hidden_size`, ...) on the model's config: answer with the base config's, which owns them.
+        base_config = self.__dict__.get("base_config")
+        if base_config is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(base_config, name)
+
     def validate_embfuse(self) -> None:
         """Raise a `ValueError` naming the first invalid field and its allowed values."""
         if not isinstance(self.format_version, int) or self.format_version > FORMAT_VERSION:
@@ -130,6 +154,12 @@ class EmbFuseConfig(PretrainedConfig):
                 f"`format_version` is {self.format_version!r}, but this code reads checkpoints up to version "
                 f"{FORMAT_VERSION}. Upgrade hf-embfuse, or load the checkpoint with the code files saved beside it "
                 "(`trust_remote_code=True`)."
+            )
+        if self.format_version < FORMAT_VERSION:
+            raise ValueError(
+                f"This checkpoint is in EmbFuse format {self.format_version}; this code reads format "
+                f"{FORMAT_VERSION}. Rewrite it with `{UPGRADE_COMMAND}` (pip install hf-embfuse), or load it with "
+                "the code files saved beside it (`trust_remote_code=True`)."
             )
         _check_choice("mixing", self.mixing, MIXING_MODES)
         _check_choice("regularizer", self.regularizer, REGULARIZERS)
@@ -151,6 +181,10 @@ class EmbFuseConfig(PretrainedConfig):
             if not isinstance(width, int) or width <= 0:
                 raise ValueError(f"`sources[{index}]['width']` must be a positive int, got {width!r}.")
             _check_choice(f"sources[{index}]['projection']", source.get("projection"), PROJECTIONS)
+            if source.get("initialization") is not None:
+                _check_choice(
+                    f"sources[{index}]['initialization']", source["initialization"], INITIALIZATIONS
+                )
         if self.sources[0]["projection"] != "identity":
             raise ValueError(
                 "`sources[0]` is the base model's own table; its `projection` must be 'identity'."
@@ -186,4 +220,4 @@ def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["FORMAT_VERSION", "EmbFuseConfig"]
+__all__ = ["FORMAT_VERSION", "INITIALIZATIONS", "UPGRADE_COMMAND", "EmbFuseConfig"]

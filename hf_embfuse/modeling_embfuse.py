@@ -3,16 +3,18 @@
 This file is copied into every saved checkpoint and runs under `trust_remote_code`: it imports only
 `torch`, `transformers`, the standard library and `configuration_embfuse`.
 
-Layout. An `EmbFuse*` model *adopts* the submodules of the wrapped `AutoModel*` instead of nesting it,
-so its parameter names are exactly the base model's (`bert.embeddings.word_embeddings.weight`, ...),
-plus the source tables, projections and mixer under the embedding module. Hence base-model prefixes,
-tied LM heads and cross-class loading work as they do for the base architecture, and baking is a
-matter of replacing one tensor.
+Layout (format 2). An `EmbFuse*` model is an ordinary composite model: it holds the wrapped `AutoModel*`
+as a registered submodule named by the base architecture's own `base_model_prefix` (`bert`, `transformer`,
+`model`, ...), and takes that prefix as its own. Keys are `<prefix>.<base key>`, plus the source tables,
+projections and mixer under the embedding module; so a fused checkpoint relates to another task's as a
+base checkpoint relates to its heads, and transformers' own prefix handling does cross-class loading.
+Whatever PEFT, Accelerate or a user swaps in on the base model is what runs, because the base model's
+own `forward` runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,43 +36,6 @@ from .configuration_embfuse import EmbFuseConfig
 logger = logging.get_logger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# HF attributes that describe the wrapped architecture; mirrored on the wrapper so that loading,
-# tying, device maps and caches behave as they do for the base model.
-_MIRRORED_ATTRIBUTES = (
-    "base_model_prefix",
-    "main_input_name",
-    "_no_split_modules",
-    "_skip_keys_device_placement",
-    "_keep_in_fp32_modules",
-    "_keep_in_fp32_modules_strict",
-    "_keys_to_ignore_on_load_missing",
-    "_keys_to_ignore_on_load_unexpected",
-    "_keys_to_ignore_on_save",
-    "_is_stateful",
-)
-
-
-@dataclass
-class SourceSpec:
-    """One source table, already aligned to the base vocabulary, for `EmbFuse*.from_base`.
-
-    Args:
-        table: `(V_base, d_i)` rows indexed by *base* token id.
-        coverage: `(V_base,)` bool, which rows this source has; all rows when `None`.
-        projection: `"identity"` (needs `d_i` equal to the base width), `"linear"`, or `"auto"`
-            (identity at equal width unless an initial map is given, else linear).
-        projection_weight: initial `(d_base, d_i)` map into the base space (identity-like when `None`).
-        projection_bias: initial `(d_base,)` bias (zero when `None`).
-        info: provenance kept in the config (`name`, `kind`, `revision`, `alignment`, ...).
-    """
-
-    table: torch.Tensor
-    coverage: torch.Tensor | None = None
-    projection: str = "auto"
-    projection_weight: torch.Tensor | None = None
-    projection_bias: torch.Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -186,8 +151,11 @@ class MultiSourceEmbedding(nn.Module):
         coverage[:, 0] = True
         self.register_buffer("coverage", coverage, persistent=True)
         self.mixer = Mixer(config, embedding_dim)
-        self.last_regularization: torch.Tensor | None = None
         self.apply_trainability(config)
+        # Values come from this constructor, the sources or a checkpoint: the base model's `_init_weights`
+        # (which transformers dispatches to everything under the base) must not re-initialise them.
+        for module in self.modules():
+            module._is_hf_initialized = True
 
     def apply_trainability(self, config: EmbFuseConfig) -> None:
         """Freeze or unfreeze sources, projections and mixer as the config says (the base table is left alone)."""
@@ -225,15 +193,18 @@ class MultiSourceEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Every quantity depends on the token id only, so compute it once per distinct id in the batch.
         unique_ids, inverse = torch.unique(input_ids.reshape(-1), return_inverse=True)
-        fused, weights, projected = self.mix(unique_ids)
-        if self.regularizer != "none":
-            self.last_regularization = self._regularization(fused, weights, projected)
-        out = fused.to(self.weight.dtype)[inverse]
-        return out.view(*input_ids.shape, self.embedding_dim)
+        fused = self.mix(unique_ids)[0].to(self.weight.dtype)[inverse]
+        return fused.view(*input_ids.shape, self.embedding_dim)
 
-    def _regularization(
-        self, fused: torch.Tensor, weights: torch.Tensor, projected: torch.Tensor
-    ) -> torch.Tensor:
+    def regularization(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Ω over the distinct ids of a batch (`None` when the config asks for no regulariser).
+
+        The wrapper adds `reg_lambda · Ω` to the loss. Computed from the ids, not kept from `forward`: a
+        module that remembers its last call breaks under gradient checkpointing and re-entrant calls.
+        """
+        if self.regularizer == "none":
+            return None
+        fused, weights, projected = self.mix(torch.unique(input_ids))
         if self.regularizer == "anchor":
             return (fused - projected[:, 0] * self.embed_scale).pow(2).mean()
         # entropy: low when each token relies on few sources
@@ -283,116 +254,134 @@ class MultiSourceEmbedding(nn.Module):
         self.num_embeddings = new_num_embeddings
 
 
-_TASK_AUTO_CLASSES = {
-    "EmbFuseModel": AutoModel,
-    "EmbFuseForSequenceClassification": AutoModelForSequenceClassification,
-    "EmbFuseForTokenClassification": AutoModelForTokenClassification,
-    "EmbFuseForMaskedLM": AutoModelForMaskedLM,
-    "EmbFuseForCausalLM": AutoModelForCausalLM,
-}
+class _FromBaseClass:
+    """A class attribute that HF machinery reads on a model, answered with the wrapped base class's value.
+
+    Attention support, gradient checkpointing and the base-model prefix are properties of the base
+    architecture, so the wrapper reports the base's own instead of hard-coding them. Read on the class
+    (no config to tell the base), it gives transformers' default.
+    """
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, model: EmbFusePreTrainedModel | None, owner: type | None = None) -> Any:
+        base_class = None if model is None else model._base_class()
+        return self.default if base_class is None else getattr(base_class, self.name, self.default)
 
 
 class EmbFusePreTrainedModel(PreTrainedModel):
-    """Base class of the EmbFuse wrappers: adopts an `AutoModel*` and swaps in a `MultiSourceEmbedding`."""
+    """Base class of the EmbFuse wrappers: holds an `AutoModel*` whose input embedding is a `MultiSourceEmbedding`.
+
+    Args:
+        config: the EmbFuse config; `config.base_config` describes the wrapped model.
+        base_model: an already built (e.g. pretrained) model of the task's class to wrap in place, as
+            `EncoderDecoderModel(encoder=..., decoder=...)` takes its parts; built from the config when `None`.
+    """
 
     config_class = EmbFuseConfig
-    base_model_prefix = ""
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    base_model_prefix = _FromBaseClass("")
+    supports_gradient_checkpointing = _FromBaseClass(False)
+    _supports_sdpa = _FromBaseClass(False)
+    _supports_flash_attn = _FromBaseClass(False)
+    _supports_flex_attn = _FromBaseClass(False)
+    _supports_attention_backend = _FromBaseClass(False)
+    _can_compile_fullgraph = False  # the fused embedding gathers the batch's distinct ids (dynamic shapes)
+    # Added to the base's own, which post_init collects from the submodule: the source tables and the
+    # mixer must sit on one device.
+    _no_split_modules = ["MultiSourceEmbedding"]
 
-    def __init__(
-        self,
-        config: EmbFuseConfig,
-        base_model: PreTrainedModel | None = None,
-        sources: list[SourceSpec] | None = None,
-    ) -> None:
-        super().__init__(config)
+    def __init__(self, config: EmbFuseConfig, base_model: PreTrainedModel | None = None) -> None:
         if config.base_config is None:
             raise ValueError(
                 f"{type(self).__name__} needs `config.base_config`, the wrapped model's config. Build models with "
-                "`EmbFuse*.from_base(...)` or `hf_embfuse.fuse(...)`, or pass `EmbFuseConfig(base_config=...)`."
+                "`hf_embfuse.from_base(...)` or `hf_embfuse.fuse(...)`, or pass `EmbFuseConfig(base_config=...)`."
             )
-        inner = base_model
-        if inner is None:
-            inner = _TASK_AUTO_CLASSES[type(self).__name__].from_config(config.base_config)
-        config.base_config = inner.config
-        object.__setattr__(self, "_inner", inner)  # not a submodule: its children are adopted below
-        old = inner.get_input_embeddings()
+        super().__init__(config)
+        if base_model is None:
+            base_model = task_of(type(self)).auto_class.from_config(config.base_config)
+        config.base_config = base_model.config
+        old = base_model.get_input_embeddings()
         if isinstance(old, MultiSourceEmbedding):
             raise ValueError("The base model already has a MultiSourceEmbedding; wrap a plain base model.")
         if not hasattr(old, "weight") or old.weight.ndim != 2:
             raise ValueError(f"The base model's input embedding ({type(old).__name__}) has no 2-D `weight`.")
-        embedding = MultiSourceEmbedding(
-            config,
-            num_embeddings=old.weight.shape[0],
-            embedding_dim=old.weight.shape[1],
-            padding_idx=getattr(old, "padding_idx", None),
-            base_weight=old.weight,
+        base_model.set_input_embeddings(
+            MultiSourceEmbedding(
+                config,
+                num_embeddings=old.weight.shape[0],
+                embedding_dim=old.weight.shape[1],
+                padding_idx=getattr(old, "padding_idx", None),
+                base_weight=old.weight,
+            )
         )
-        if sources is not None:
-            _load_sources(embedding, sources)
-        inner.set_input_embeddings(embedding)
-        self._adopt_children()
-        for name in _MIRRORED_ATTRIBUTES:
-            if getattr(inner, name, None) is not None:
-                setattr(self, name, getattr(inner, name))
-        self._no_split_modules = [*(inner._no_split_modules or []), "MultiSourceEmbedding"]
-        tied = getattr(inner, "all_tied_weights_keys", None) or {}
-        self._tied_weights_keys = dict(tied) or None
-        if base_model is not None:
-            # Everything is given (pretrained base, aligned sources): initialisation must not touch it.
-            for module in self.modules():
-                module._is_hf_initialized = True
+        self.add_module(self.base_model_prefix, base_model)
         self.post_init()
+
+    def _base_class(self) -> type[PreTrainedModel] | None:
+        """The transformers class this wrapper wraps, from the task's Auto class and the base config."""
+        config = self.__dict__.get("config")
+        base_config = getattr(config, "base_config", None)
+        if base_config is None:
+            return None
+        try:
+            classes = task_of(type(self)).auto_class._model_mapping[type(base_config)]
+        except (KeyError, ValueError):
+            return None  # not a task wrapper, or an architecture transformers has no such class for
+        return classes[0] if isinstance(classes, (list, tuple)) else classes
+
+    def _wrapped_model(self) -> PreTrainedModel | None:
+        """The base model submodule, or `None` while `__init__` has not added it yet."""
+        return self.__dict__.get("_modules", {}).get(self.base_model_prefix)
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        model = super().from_pretrained(*args, **kwargs)
-        # Loading replaces parameters and forgets which were frozen; the config remembers.
-        embedding = model.get_input_embeddings() if isinstance(model, EmbFusePreTrainedModel) else None
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading makes every parameter trainable; the config remembers which fused parts are frozen.
+        embedding = model.get_input_embeddings()
         if isinstance(embedding, MultiSourceEmbedding):
             embedding.apply_trainability(model.config)
-        return model
+        return loaded
 
-    def _adopt_children(self) -> None:
-        for name, child in self._inner.named_children():
-            self.add_module(name, child)
-        for name, param in self._inner.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in self._inner.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in self._inner._non_persistent_buffers_set)
+    def __getattr__(self, name: str) -> Any:
+        # PEFT's idiom for a wrapper: an attribute the wrapper lacks is the wrapped model's
+        # (`model.classifier`, `model.lm_head`, `model.num_labels`, ...).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base_model = self._wrapped_model()
+            if base_model is None:
+                raise
+            return getattr(base_model, name)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (MultiSourceEmbedding, Mixer, SourceProjection)):
-            return  # initialised in their constructors; real values come from sources or checkpoints
-        self._inner._init_weights(module)
-
-    def train(self, mode: bool = True) -> EmbFusePreTrainedModel:
-        super().train(mode)
-        self._inner.training = mode
-        return self
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `model.classifier = nn.Linear(...)` replaces the head the base model's forward runs, not a
+        # new, unused child of the wrapper.
+        base_model = self._wrapped_model()
+        if isinstance(value, nn.Module) and base_model is not None and name in base_model._modules:
+            setattr(base_model, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def embfuse_embedding(self) -> MultiSourceEmbedding:
         return self.get_input_embeddings()
 
     def get_input_embeddings(self) -> nn.Module:
-        return self._inner.get_input_embeddings()
+        return self.base_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
-        self._inner.set_input_embeddings(value)
-        self._adopt_children()
+        self.base_model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module | None:
-        return self._inner.get_output_embeddings()
+        return self.base_model.get_output_embeddings()
 
     def set_output_embeddings(self, value: nn.Module) -> None:
-        self._inner.set_output_embeddings(value)
-        self._adopt_children()
+        self.base_model.set_output_embeddings(value)
 
     def resize_token_embeddings(
         self,
@@ -412,7 +401,7 @@ class EmbFusePreTrainedModel(PreTrainedModel):
         embedding.resize_rows(new_num_tokens)
         if output is not None and not tied:
             self.set_output_embeddings(
-                self._inner._get_resized_lm_head(output, new_num_tokens, mean_resizing=mean_resizing)
+                self.base_model._get_resized_lm_head(output, new_num_tokens, mean_resizing=mean_resizing)
             )
         self.config.base_config.get_text_config().vocab_size = new_num_tokens
         self.tie_weights()
@@ -421,118 +410,29 @@ class EmbFusePreTrainedModel(PreTrainedModel):
     def forward(self, **inputs: Any) -> Any:
         return_dict = inputs.pop("return_dict", None)
         inputs = {key: value for key, value in inputs.items() if value is not None}
-        outputs = self._inner(**inputs, return_dict=True)
-        regularization = self.embfuse_embedding.last_regularization
-        self.embfuse_embedding.last_regularization = None
+        outputs = self.base_model(**inputs, return_dict=True)
+        embedding = self.get_input_embeddings()
+        regularization = None
+        # A module swapped in for the fused embedding (by a user or a library) has no regulariser.
+        regularizable = callable(getattr(embedding, "regularization", None))
+        if regularizable and inputs.get("labels") is not None and inputs.get("input_ids") is not None:
+            regularization = embedding.regularization(inputs["input_ids"])
+        if regularization is not None and outputs.get("loss") is not None:
+            outputs["loss"] = outputs["loss"] + self.config.reg_lambda * regularization
+        if return_dict is False:
+            return outputs.to_tuple()  # what the base model returns, with λ·Ω in the loss
         if regularization is not None:
             outputs["regularization_loss"] = regularization
-            if outputs.get("loss") is not None:
-                outputs["loss"] = outputs["loss"] + self.config.reg_lambda * regularization
-        return outputs if return_dict is not False else outputs.to_tuple()
+        return outputs
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
         # One folder serves every Auto class: list all wrappers, not only the saved one.
         if self._auto_class is not None:
             self.config.auto_map = {
                 "AutoConfig": "configuration_embfuse.EmbFuseConfig",
-                **{cls.__name__: f"modeling_embfuse.{name}" for name, cls in _TASK_AUTO_CLASSES.items()},
+                **{task.auto_class.__name__: f"modeling_embfuse.{task.wrapper}" for task in TASKS},
             }
         return super().save_pretrained(*args, **kwargs)
-
-    @classmethod
-    def from_base(
-        cls,
-        base_model_or_path: PreTrainedModel | str,
-        sources: list[SourceSpec] | tuple[SourceSpec, ...] = (),
-        *,
-        mixing: str = "learned",
-        base_model_kwargs: dict[str, Any] | None = None,
-        **config_kwargs: Any,
-    ) -> EmbFusePreTrainedModel:
-        """Wrap a base model (or load it from `base_model_or_path`) and mix in already-aligned `sources`.
-
-        The base model's own table becomes source 0 (identity map); `sources` follow in order. A model
-        passed in is wrapped in place (its modules are reused, not copied). `config_kwargs` go to
-        `EmbFuseConfig` (`fixed_weights`, `mixing_temperature`, `regularizer`, `reg_lambda`, ...).
-        """
-        base = base_model_or_path
-        if isinstance(base, str):
-            base = _TASK_AUTO_CLASSES[cls.__name__].from_pretrained(base, **(base_model_kwargs or {}))
-        if not isinstance(base, PreTrainedModel):
-            raise ValueError(
-                f"`base_model_or_path` must be a PreTrainedModel or a path, got {type(base).__name__}."
-            )
-        old = base.get_input_embeddings()
-        num_rows, width = old.weight.shape
-        sources = list(sources)
-        entries = [{"name": base.name_or_path or type(base).__name__, "kind": "base", "width": int(width)}]
-        for index, spec in enumerate(sources, start=1):
-            _validate_source(index, spec, num_rows, width)
-            projection = spec.projection
-            if projection == "auto":
-                same_width = spec.table.shape[1] == width
-                projection = "identity" if same_width and spec.projection_weight is None else "linear"
-            entries.append({**spec.info, "width": int(spec.table.shape[1]), "projection": projection})
-        entries[0]["projection"] = "identity"
-        embed_scale = getattr(old, "embed_scale", 1.0)
-        config_kwargs.setdefault("embed_scale", float(embed_scale))
-        config_kwargs.setdefault("base_model_name_or_path", base.name_or_path or None)
-        config = EmbFuseConfig(base_config=base.config, sources=entries, mixing=mixing, **config_kwargs)
-        config.architectures = [cls.__name__]
-        model = cls(config, base_model=base, sources=sources)
-        return model.to(old.weight.device)
-
-
-def _validate_source(index: int, spec: SourceSpec, num_rows: int, width: int) -> None:
-    name = spec.info.get("name", f"source {index}")
-    table = spec.table
-    if not isinstance(table, torch.Tensor) or table.ndim != 2:
-        raise ValueError(f"Source {index} ({name!r}): `table` must be a 2-D tensor (V_base, d).")
-    if table.shape[0] != num_rows:
-        raise ValueError(
-            f"Source {index} ({name!r}) has {table.shape[0]} rows but the base embedding has {num_rows}. Align it "
-            "to the base vocabulary first (`hf_embfuse.align_source` or `hf_embfuse.fuse`)."
-        )
-    bad_rows = (~torch.isfinite(table.float())).any(dim=1)
-    if bad_rows.any():
-        raise ValueError(
-            f"Source {index} ({name!r}) has {int(bad_rows.sum())} rows with NaN/Inf (first: row "
-            f"{int(bad_rows.nonzero()[0])}). Fix the table, or mark those rows uncovered and zero them."
-        )
-    if spec.coverage is not None and tuple(spec.coverage.shape) != (num_rows,):
-        raise ValueError(f"Source {index} ({name!r}): `coverage` must have shape ({num_rows},).")
-    if spec.projection not in ("auto", "identity", "linear"):
-        raise ValueError(f"Source {index} ({name!r}): `projection` must be 'auto', 'identity' or 'linear'.")
-    if spec.projection == "identity" and table.shape[1] != width:
-        raise ValueError(
-            f"Source {index} ({name!r}) has width {table.shape[1]} but the base has {width}, and its projection is "
-            "'identity'. Use projection='linear' (or 'auto') to map it into the base space."
-        )
-    if spec.projection_weight is not None and tuple(spec.projection_weight.shape) != (width, table.shape[1]):
-        raise ValueError(
-            f"Source {index} ({name!r}): `projection_weight` must have shape ({width}, {table.shape[1]})."
-        )
-
-
-@torch.no_grad()
-def _load_sources(embedding: MultiSourceEmbedding, sources: list[SourceSpec]) -> None:
-    device = embedding.weight.device
-    for index, spec in enumerate(sources, start=1):
-        table = embedding.source_tables[index - 1]
-        table.data = spec.table.detach().to(device=device, dtype=table.dtype, copy=True)
-        if spec.coverage is not None:
-            embedding.coverage[:, index] = spec.coverage.to(device=device, dtype=torch.bool)
-        else:
-            embedding.coverage[:, index] = True
-        projection = embedding.projections[index - 1]
-        if isinstance(projection, SourceProjection):
-            if spec.projection_weight is not None:
-                projection.weight.copy_(spec.projection_weight)
-            if spec.projection_bias is not None:
-                projection.bias.copy_(spec.projection_bias)
-    if embedding.padding_idx is not None:
-        # The padding row stays the base's (usually zero, gradient-free) row.
-        embedding.coverage[embedding.padding_idx, 1:] = False
 
 
 class EmbFuseModel(EmbFusePreTrainedModel):
@@ -572,11 +472,18 @@ class _EncoderTaskModel(EmbFusePreTrainedModel):
         return super().forward(**_explicit(locals()), **kwargs)
 
 
-class EmbFuseForSequenceClassification(_EncoderTaskModel):
+class _ClassifierModel(_EncoderTaskModel):
+    @property
+    def num_labels(self) -> int:
+        """The classes of the wrapped head (`BertForSequenceClassification.num_labels`, ...)."""
+        return self.base_model.num_labels
+
+
+class EmbFuseForSequenceClassification(_ClassifierModel):
     """`AutoModelForSequenceClassification` with a fused input embedding; adds λ·Ω to the loss."""
 
 
-class EmbFuseForTokenClassification(_EncoderTaskModel):
+class EmbFuseForTokenClassification(_ClassifierModel):
     """`AutoModelForTokenClassification` with a fused input embedding; adds λ·Ω to the loss."""
 
 
@@ -614,15 +521,71 @@ def _explicit(arguments: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in arguments.items() if key not in ("self", "kwargs", "__class__")}
 
 
+@dataclass(frozen=True)
+class EmbFuseTask:
+    """One task, the one place that says how it is named, built, loaded, tagged and adapted.
+
+    Args:
+        name: the task's name in recipes and `hf_embfuse.fuse(task=...)`.
+        wrapper: the EmbFuse class name in this file.
+        auto_class: the transformers Auto class of the wrapped model (and of the wrapper, with remote code).
+        pipeline_tag: the Hub pipeline tag (and `transformers.pipeline` task) of such a checkpoint.
+        peft_task_type: PEFT's `TaskType` name for LoRA on it.
+    """
+
+    name: str
+    wrapper: str
+    auto_class: type
+    pipeline_tag: str
+    peft_task_type: str
+
+
+TASKS = (
+    EmbFuseTask("base", "EmbFuseModel", AutoModel, "feature-extraction", "FEATURE_EXTRACTION"),
+    EmbFuseTask(
+        "sequence-classification",
+        "EmbFuseForSequenceClassification",
+        AutoModelForSequenceClassification,
+        "text-classification",
+        "SEQ_CLS",
+    ),
+    EmbFuseTask(
+        "token-classification",
+        "EmbFuseForTokenClassification",
+        AutoModelForTokenClassification,
+        "token-classification",
+        "TOKEN_CLS",
+    ),
+    EmbFuseTask("masked-lm", "EmbFuseForMaskedLM", AutoModelForMaskedLM, "fill-mask", "FEATURE_EXTRACTION"),
+    EmbFuseTask("causal-lm", "EmbFuseForCausalLM", AutoModelForCausalLM, "text-generation", "CAUSAL_LM"),
+)
+
+
+def task_of(wrapper: type | str) -> EmbFuseTask:
+    """The task of a wrapper class (or a subclass), or of its name.
+
+    Matched by name: the same wrapper loaded from a checkpoint's own code is another class object.
+    """
+    names = [wrapper] if isinstance(wrapper, str) else [cls.__name__ for cls in wrapper.__mro__]
+    for name in names:
+        for task in TASKS:
+            if task.wrapper == name:
+                return task
+    expected = ", ".join(task.wrapper for task in TASKS)
+    raise ValueError(f"{names[0]!r} is not an EmbFuse wrapper; expected one of {expected}.")
+
+
 __all__ = [
+    "TASKS",
     "EmbFuseForCausalLM",
     "EmbFuseForMaskedLM",
     "EmbFuseForSequenceClassification",
     "EmbFuseForTokenClassification",
     "EmbFuseModel",
     "EmbFusePreTrainedModel",
+    "EmbFuseTask",
     "Mixer",
     "MultiSourceEmbedding",
     "SourceProjection",
-    "SourceSpec",
+    "task_of",
 ]

@@ -16,15 +16,15 @@ from transformers import (
 )
 
 from hf_embfuse import SourceSpec
-from hf_embfuse.build import TASKS
-from hf_embfuse.modeling_embfuse import _TASK_AUTO_CLASSES
+from hf_embfuse.modeling_embfuse import TASKS
+from hf_embfuse.wrap import from_base, wrapper_class
 
 VOCAB = 97
 HIDDEN = 32
 
-# The library's own tables: task name -> EmbFuse wrapper, and wrapper -> the Auto class it wraps.
-TASK_EMBFUSE_CLASSES = TASKS
-TASK_AUTO_CLASSES = {task: _TASK_AUTO_CLASSES[cls.__name__] for task, cls in TASKS.items()}
+# The library's own task table: task name -> EmbFuse wrapper, and -> the Auto class it wraps.
+TASK_EMBFUSE_CLASSES = {task.name: wrapper_class(task) for task in TASKS}
+TASK_AUTO_CLASSES = {task.name: task.auto_class for task in TASKS}
 
 
 def tiny_config(arch: str, vocab_size: int = VOCAB):
@@ -93,7 +93,7 @@ def tiny_fused(arch: str, task: str = "base", mixing: str = "learned", seed: int
     sources = random_sources(base.get_input_embeddings().weight.shape[0], seed=seed + 1)
     if mixing == "fixed":
         kwargs.setdefault("fixed_weights", [0.5, 0.25, 0.25])
-    return TASK_EMBFUSE_CLASSES[task].from_base(base, sources, mixing=mixing, **kwargs).eval()
+    return from_base(base, sources, task=task, mixing=mixing, **kwargs).eval()
 
 
 @pytest.fixture(params=["bert", "gpt2", "llama"])

@@ -93,7 +93,7 @@ def test_baked_folder_is_plain_and_equals_the_fused_model(tmp_path, arch, mixing
 
 def test_tied_head_keeps_the_original_base_table(tmp_path):
     fused = mixed(tiny_fused("gpt2", "causal-lm", mixing="gated"))
-    base_table = fused.transformer.wte.weight.detach().clone()
+    base_table = fused.base_model.transformer.wte.weight.detach().clone()
     baked = bake(fused)
     assert baked.config.tie_word_embeddings is False
     assert baked.lm_head.weight is not baked.transformer.wte.weight
@@ -112,7 +112,7 @@ def test_baked_model_owns_its_tensors_and_keeps_dtype_and_mode():
     assert baked.lm_head.weight.requires_grad
     before = baked.model.layers[0].self_attn.q_proj.weight.detach().clone()
     with torch.no_grad():
-        fused.model.layers[0].self_attn.q_proj.weight.add_(1.0)
+        fused.base_model.model.layers[0].self_attn.q_proj.weight.add_(1.0)
     assert torch.equal(baked.model.layers[0].self_attn.q_proj.weight, before)
 
 
@@ -132,7 +132,7 @@ def test_scaled_embedding_of_gemma3_is_divided_out():
     )
     base = Gemma3ForCausalLM(config).eval()
     assert float(base.get_input_embeddings().embed_scale) != 1.0
-    fused = mixed(hf_embfuse.EmbFuseForCausalLM.from_base(base, random_sources(VOCAB), mixing="gated")).eval()
+    fused = mixed(hf_embfuse.from_base(base, random_sources(VOCAB), mixing="gated")).eval()
     baked = bake(fused).eval()
     x = ids()
     assert torch.allclose(output_of(baked, x), output_of(fused, x), atol=1e-5, rtol=0)

@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import load_file
 
+import hf_embfuse
 from hf_embfuse import EmbFuseForSequenceClassification, push_to_hub
 from hf_embfuse.cli import main
 from hf_embfuse.hub import DEFAULT_COMMIT_MESSAGE, PLOT_FILE, PublishError
@@ -42,7 +43,7 @@ def fused_model(seed: int = 0) -> EmbFuseForSequenceClassification:
         {"name": "vectors/glove.6B.50d.npy", "kind": "vectors"},  # a file: not a Hub parent
     ]
     specs = [dataclasses.replace(spec, info=info) for spec, info in zip(specs, infos, strict=True)]
-    return EmbFuseForSequenceClassification.from_base(base, specs, base_model_name_or_path=BASE_ID).eval()
+    return hf_embfuse.from_base(base, specs, base_model_name_or_path=BASE_ID).eval()
 
 
 def saved_folder(model, folder: Path, *, extras: bool = False) -> Path:
@@ -96,7 +97,7 @@ def test_push_then_load_in_a_fresh_process(hub_client, hub_env, no_external_netw
     input_ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = [
-            model.bert(input_ids=input_ids).last_hidden_state,
+            model.base_model.bert(input_ids=input_ids).last_hidden_state,
             model(input_ids=input_ids).logits,
             plain(input_ids=input_ids).last_hidden_state,
         ]

@@ -8,7 +8,6 @@ import hf_embfuse
 from hf_embfuse import EmbFuseConfig, MultiSourceEmbedding, SourceSpec
 from tests.fixtures_models import (
     HIDDEN,
-    TASK_EMBFUSE_CLASSES,
     VOCAB,
     random_sources,
     tiny_base,
@@ -34,7 +33,7 @@ def test_fixed_one_hot_reproduces_the_base_exactly(arch):
     with torch.no_grad():
         expected = output_of(base, x)
     sources = random_sources(VOCAB)
-    fused = TASK_EMBFUSE_CLASSES[task].from_base(base, sources, mixing="fixed", fixed_weights=[1.0, 0.0, 0.0])
+    fused = hf_embfuse.from_base(base, sources, mixing="fixed", fixed_weights=[1.0, 0.0, 0.0])
     with torch.no_grad():
         assert torch.equal(output_of(fused.eval(), x), expected)
 
@@ -44,9 +43,7 @@ def test_generate_with_one_hot_weights_matches_the_base(arch):
     base = tiny_base(arch, "causal-lm")
     prompt = ids(1, 5)
     expected = base.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    fused = hf_embfuse.EmbFuseForCausalLM.from_base(
-        base, random_sources(VOCAB), mixing="fixed", fixed_weights=[1, 0, 0]
-    )
+    fused = hf_embfuse.from_base(base, random_sources(VOCAB), mixing="fixed", fixed_weights=[1, 0, 0])
     got = fused.eval().generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert torch.equal(got, expected)
     # The KV cache is used: a cached generation equals an uncached one.
@@ -59,9 +56,7 @@ def test_token_covered_by_one_source_gets_exactly_its_projected_vector():
     table = torch.randn(VOCAB, 16)
     coverage = torch.zeros(VOCAB, dtype=torch.bool)
     coverage[7] = True
-    fused = hf_embfuse.EmbFuseModel.from_base(
-        base, [SourceSpec(table=table, coverage=coverage)], mixing="learned"
-    )
+    fused = hf_embfuse.from_base(base, [SourceSpec(table=table, coverage=coverage)], mixing="learned")
     embedding = fused.get_input_embeddings()
     embedding.coverage[7, 0] = False  # token 7: only source 1 has it
     with torch.no_grad():
@@ -74,7 +69,7 @@ def test_token_covered_by_one_source_gets_exactly_its_projected_vector():
 def test_uncovered_source_drops_out_instead_of_pulling_to_zero():
     base = tiny_base("bert")
     table = torch.zeros(VOCAB, HIDDEN)  # a source that "has" zeros would halve the vector if it were mixed in
-    fused = hf_embfuse.EmbFuseModel.from_base(
+    fused = hf_embfuse.from_base(
         base, [SourceSpec(table=table, coverage=torch.zeros(VOCAB, dtype=torch.bool))], mixing="learned"
     )
     embedding = fused.get_input_embeddings()
@@ -162,9 +157,7 @@ def test_bf16_and_autocast():
 def test_bf16_source_storage_is_projected_in_fp32():
     base = tiny_base("bert")
     table = torch.full((VOCAB, 16), 3.0e4)  # fp16-sized values whose products overflow in fp16
-    fused = hf_embfuse.EmbFuseModel.from_base(
-        base, [SourceSpec(table=table, projection="linear")], source_dtype="float16"
-    )
+    fused = hf_embfuse.from_base(base, [SourceSpec(table=table, projection="linear")], source_dtype="float16")
     embedding = fused.get_input_embeddings()
     assert embedding.source_tables[0].dtype == torch.float16
     with torch.no_grad():
@@ -174,14 +167,17 @@ def test_bf16_source_storage_is_projected_in_fp32():
 
 def test_tied_head_stays_tied_to_the_base_table_without_duplication(tmp_path):
     fused = tiny_fused("gpt2", "causal-lm")
-    assert fused.lm_head.weight is fused.transformer.wte.weight
+    # The base model is the submodule under its own prefix: `transformer` (a GPT2LMHeadModel) for GPT-2.
+    assert fused.base_model is fused.transformer
+    assert fused.base_model.lm_head.weight is fused.base_model.transformer.wte.weight
+    assert fused.all_tied_weights_keys == {"transformer.lm_head.weight": "transformer.transformer.wte.weight"}
     fused.save_pretrained(tmp_path)
     from safetensors import safe_open
 
     keys = set(safe_open(tmp_path / "model.safetensors", "pt").keys())
-    assert "transformer.wte.weight" in keys and "lm_head.weight" not in keys
+    assert "transformer.transformer.wte.weight" in keys and "transformer.lm_head.weight" not in keys
     loaded = hf_embfuse.EmbFuseForCausalLM.from_pretrained(tmp_path)
-    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert loaded.base_model.lm_head.weight is loaded.base_model.transformer.wte.weight
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -196,7 +192,7 @@ def test_resize_token_embeddings_covers_new_rows_by_the_base_only(arch):
     assert fused.get_output_embeddings().weight.shape[0] == VOCAB + 5
     assert fused.config.base_config.vocab_size == VOCAB + 5
     if arch == "gpt2":
-        assert fused.lm_head.weight is embedding.weight
+        assert fused.get_output_embeddings().weight is embedding.weight
     after = fused(input_ids=ids()).logits
     assert torch.allclose(after[..., :VOCAB], before, atol=1e-6)
     assert fused(input_ids=torch.tensor([[VOCAB + 4]])).logits.shape[-1] == VOCAB + 5
@@ -210,7 +206,7 @@ def test_gradient_checkpointing_with_input_require_grads():
         parameter.requires_grad_(False)
     mixer = fused.get_input_embeddings().mixer
     mixer.logits.requires_grad_(True)
-    layer = fused.model.layers[0].self_attn.q_proj.weight
+    layer = fused.base_model.model.layers[0].self_attn.q_proj.weight
     layer.requires_grad_(True)
     x = ids()
     fused(input_ids=x, labels=x).loss.backward()
@@ -260,7 +256,7 @@ def test_device_map_auto_load_equals_plain_load(tmp_path):
 )
 def test_bad_source_tables_are_refused(spec, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        hf_embfuse.EmbFuseModel.from_base(tiny_base("bert"), [spec])
+        hf_embfuse.from_base(tiny_base("bert"), [spec])
 
 
 def test_config_with_identity_projection_at_other_width_is_refused():

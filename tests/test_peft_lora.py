@@ -24,9 +24,9 @@ CASES = {
 
 
 def fused_model(arch, mixing="gated"):
-    task, _, wrapper = CASES[arch]
+    task, _, _ = CASES[arch]
     base = tiny_base(arch, task, vocab_size=VOCAB_BIG)
-    model = wrapper.from_base(base, random_sources(VOCAB_BIG), mixing=mixing).eval()
+    model = hf_embfuse.from_base(base, random_sources(VOCAB_BIG), mixing=mixing).eval()
     if mixing == "gated":
         torch.nn.init.normal_(model.get_input_embeddings().mixer.gate, std=0.3)
     return model

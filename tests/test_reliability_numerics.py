@@ -33,7 +33,7 @@ def test_half_precision_sources_are_projected_in_fp32(tmp_path, source_dtype):
         projection_weight=weight,
         coverage=torch.ones(VOCAB, dtype=torch.bool),
     )
-    fused = hf_embfuse.EmbFuseModel.from_base(
+    fused = hf_embfuse.from_base(
         tiny_base("bert"), [spec], mixing="fixed", fixed_weights=[0.0, 1.0], source_dtype=source_dtype
     ).eval()
     embedding = fused.get_input_embeddings()
@@ -89,6 +89,17 @@ def test_extreme_mixing_logits_give_no_nan(mixing, magnitude, temperature):
     assert torch.isfinite(embedding.mixer.logits.grad).all()
 
 
+class _VectorsAndRegularization(torch.nn.Module):
+    """The fused vectors and Ω of the same ids, as one module for `functional_call`."""
+
+    def __init__(self, embedding: torch.nn.Module) -> None:
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.embedding(ids), self.embedding.regularization(ids)
+
+
 @pytest.mark.parametrize("mixing", ["learned", "gated"])
 @pytest.mark.parametrize("regularizer", ["none", "entropy", "anchor"])
 def test_gradcheck_of_the_mixture_in_float64(mixing, regularizer):
@@ -101,7 +112,7 @@ def test_gradcheck_of_the_mixture_in_float64(mixing, regularizer):
         SourceSpec(table=torch.randn(rows, 2), coverage=torch.rand(rows) > 0.3),
         SourceSpec(table=torch.randn(rows, HIDDEN), projection="identity", coverage=torch.rand(rows) > 0.3),
     ]
-    model = hf_embfuse.EmbFuseModel.from_base(base, sources, mixing=mixing, regularizer=regularizer)
+    model = hf_embfuse.from_base(base, sources, mixing=mixing, regularizer=regularizer)
     embedding = model.get_input_embeddings().double()
     with torch.no_grad():
         embedding.mixer.logits.normal_()
@@ -109,14 +120,15 @@ def test_gradcheck_of_the_mixture_in_float64(mixing, regularizer):
             embedding.mixer.gate.normal_(std=0.3)
         embedding.projections[0].weight.normal_()
     ids = torch.tensor([[1, 4, 9, 9, 3, 11]])
-    names = [name for name, p in embedding.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for p in embedding.parameters())
+    both = _VectorsAndRegularization(embedding)
+    names = [name for name, p in both.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in both.parameters())
     assert all(p.dtype == torch.float64 for p in params)
 
     def fused(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = functional_call(embedding, dict(zip(names, values, strict=True)), (ids,))
+        out, regularization = functional_call(both, dict(zip(names, values, strict=True)), (ids,))
         assert out.dtype == torch.float64
-        extra = (embedding.last_regularization,) if regularizer != "none" else ()
-        return (out, *extra)
+        assert (regularization is None) == (regularizer == "none")
+        return (out,) if regularization is None else (out, regularization)
 
     assert torch.autograd.gradcheck(fused, params, eps=1e-6, atol=1e-5, rtol=1e-4)

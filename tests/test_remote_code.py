@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hf_embfuse
-from hf_embfuse.modeling_embfuse import _TASK_AUTO_CLASSES
+from hf_embfuse.modeling_embfuse import TASKS
 from hf_embfuse.verify import load_in_fresh_process
 from tests.fixtures_models import VOCAB, tiny_fused
 
@@ -31,10 +31,10 @@ def test_checkpoints_load_in_a_fresh_process_without_hf_embfuse(tmp_path):
         fused.save_pretrained(folder)
         assert sorted(p.name for p in folder.glob("*.py")) == SHIPPED
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-        assert set(auto_map) == {"AutoConfig", *(cls.__name__ for cls in _TASK_AUTO_CLASSES.values())}
+        assert set(auto_map) == {"AutoConfig", *(task.auto_class.__name__ for task in TASKS)}
         with torch.no_grad():
             expected.append(fused(input_ids=input_ids).logits)
-            expected.append(getattr(fused, backbone)(input_ids=input_ids).last_hidden_state)
+            expected.append(getattr(fused.base_model, backbone)(input_ids=input_ids).last_hidden_state)
         requests += [(folder, auto_class, input_ids), (folder, "AutoModel", input_ids)]
     outputs = load_in_fresh_process(requests, tmp_path / "child")
     for got, want in zip(outputs, expected, strict=True):

@@ -51,7 +51,7 @@ def test_only_the_mixture_trains_after_freezing_the_base():
     model(input_ids=x, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
     optimizer.step()
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert "bert.embeddings.word_embeddings.mixer.logits" in moved
+    assert "bert.bert.embeddings.word_embeddings.mixer.logits" in moved
     assert moved <= {
         name for name, _ in model.named_parameters() if ".mixer." in name or ".projections." in name
     }

@@ -42,8 +42,8 @@ def test_groups_get_their_learning_rates(mixer_lr, projection_lr, want_mixer, wa
     assert "sources" not in groups  # frozen by default: left out, not an empty group
     assert groups["decay"]["weight_decay"] == 0.1
     decayed = {id(p) for p in groups["decay"]["params"]}
-    assert id(model.bert.encoder.layer[0].attention.self.query.weight) in decayed
-    assert id(model.bert.encoder.layer[0].attention.self.query.bias) not in decayed
+    assert id(model.base_model.bert.encoder.layer[0].attention.self.query.weight) in decayed
+    assert id(model.base_model.bert.encoder.layer[0].attention.self.query.bias) not in decayed
     # Every trainable parameter exactly once, and no frozen one.
     listed = [id(p) for group in groups.values() for p in group["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters() if p.requires_grad)

@@ -29,6 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
     inspect.set_defaults(run=_inspect)
 
+    upgrade = commands.add_parser(
+        "upgrade", help="rewrite a checkpoint saved by an older hf-embfuse (format 1)"
+    )
+    upgrade.add_argument("folder", help="the checkpoint folder (rewritten in place unless --out is given)")
+    upgrade.add_argument("--out", help="write the upgraded checkpoint here instead")
+    upgrade.set_defaults(run=_upgrade)
+
     _add_optional_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -50,6 +57,13 @@ def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"hf_embfuse.{name}").add_command(commands)
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from .upgrade import upgrade_checkpoint
+
+    print(f"wrote {upgrade_checkpoint(args.folder, args.out)} (format 2)")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:

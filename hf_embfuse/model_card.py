@@ -252,8 +252,9 @@ def _mixing_description(config_dict: Mapping[str, Any]) -> str:
         "gated": "a learned per-token gate computed from each projected vector",
     }.get(mode, str(mode))
     parts = [f"Mode: `{mode}` ({what}), softmax over the sources that cover each token"]
-    if config_dict.get("temperature") not in (None, 1, 1.0):
-        parts.append(f"temperature {config_dict['temperature']:g}")
+    temperature = config_dict.get("mixing_temperature")
+    if temperature not in (None, 1, 1.0):
+        parts.append(f"temperature {temperature:g}")
     regularizer = config_dict.get("regularizer")
     if regularizer and regularizer != "none":
         parts.append(f"regulariser `{regularizer}` with λ = {config_dict.get('reg_lambda', 0):g}")

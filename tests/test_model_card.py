@@ -73,7 +73,7 @@ def example_config_dict() -> dict:
         "mixing": "learned",
         "fixed_weights": None,
         "mixing_weights": [0.55, 0.25, 0.12, 0.08],
-        "temperature": 1.0,
+        "mixing_temperature": 1.0,
         "regularizer": "anchor",
         "reg_lambda": 0.01,
         "format_version": 1,
@@ -159,6 +159,13 @@ def test_mixing_section(changes, expected):
     text = build_model_card({**example_config_dict(), **changes}).text
     mixing = text.split("## Mixing")[1].split("## How to load")[0]
     assert expected in mixing and "regulariser `anchor` with λ = 0.01" in mixing
+
+
+def test_mixing_temperature_is_shown_when_not_one():
+    config = {**example_config_dict(), "mixing_temperature": 0.5}
+    mixing = build_model_card(config).text.split("## Mixing")[1].split("## How to load")[0]
+    assert "temperature 0.5" in mixing
+    assert "temperature" not in build_model_card(example_config_dict()).text.split("## Mixing")[1]
 
 
 def test_weights_plot_and_bake_instructions():

@@ -3,7 +3,15 @@
 Importing the package registers the `embfuse` model type with `AutoConfig` and every `AutoModel*`
 class the wrappers provide, and marks each wrapper for `register_for_auto_class`, so that
 `save_pretrained` writes the two code files and an `auto_map` naming every wrapper.
+
+Everything else (building, baking, publishing, ...) is imported on first use through one table,
+`_LAZY`, so `import hf_embfuse` costs only torch, transformers and the shipped modeling file.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig
 
@@ -18,7 +26,6 @@ from .modeling_embfuse import (
     EmbFusePreTrainedModel,
     MultiSourceEmbedding,
 )
-from .wrap import SourceSpec, from_base
 
 __version__ = "0.1.0"
 
@@ -35,12 +42,15 @@ def _register() -> None:
 
 _register()
 
-# Not lazy: once anything imports the submodule `hf_embfuse.bake`, Python sets the package attribute
-# `bake` to that module, and a lazily resolved `hf_embfuse.bake(model)` would stop being callable.
-from .bake import bake  # noqa: E402
-
-# Heavier entry points load on first use, so `import hf_embfuse` (needed to register) stays light.
-_LAZY = {
+# Public name -> (submodule, attribute); attribute None means the submodule itself. `bake` is the
+# submodule: it is callable (`hf_embfuse.bake(model)`, see `hf_embfuse.bake`), so the name means the same
+# whether it is reached through here or set by Python when anything imports `hf_embfuse.bake`.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "bake": ("bake", None),
+    "bake_to_folder": ("bake", "bake_to_folder"),
+    "load_embfuse_folder": ("bake", "load_embfuse_folder"),
+    "SourceSpec": ("wrap", "SourceSpec"),
+    "from_base": ("wrap", "from_base"),
     "fuse": ("build", "fuse"),
     "FuseResult": ("build", "FuseResult"),
     "align_source": ("alignment", "align_source"),
@@ -49,14 +59,29 @@ _LAZY = {
     "push_to_hub": ("hub", "push_to_hub"),
 }
 
+if TYPE_CHECKING:
+    from . import bake
+    from .alignment import align_source
+    from .bake import bake_to_folder, load_embfuse_folder
+    from .build import FuseResult, fuse
+    from .hub import push_to_hub
+    from .recipe import load_recipe
+    from .sources import read_source
+    from .wrap import SourceSpec, from_base
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
 
-        module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attribute)
-    raise AttributeError(f"module 'hf_embfuse' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -73,8 +98,10 @@ __all__ = [
     "SourceSpec",
     "align_source",
     "bake",
+    "bake_to_folder",
     "from_base",
     "fuse",
+    "load_embfuse_folder",
     "load_recipe",
     "push_to_hub",
     "read_source",

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -77,7 +79,7 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
             f"bake() needs an EmbFuse model (model_type 'embfuse'); got {type(model).__name__} with model_type "
             f"{getattr(config, 'model_type', None)!r}. A plain model needs no baking."
         )
-    from .training._modules import find_fused_embedding  # here: `import hf_embfuse` imports this file
+    from .training._modules import find_fused_embedding  # the training package loads on first use
 
     auto_class = task_of(type(model)).auto_class
     _, embedding = find_fused_embedding(model)
@@ -261,3 +263,23 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 __all__ = ["add_command", "bake", "bake_command", "bake_to_folder", "load_embfuse_folder"]
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its `bake` function.
+
+    `hf_embfuse.bake` has to be two things: the function (`hf_embfuse.bake(model)`, the public API) and
+    this submodule (`from hf_embfuse.bake import bake_to_folder`, `hf_embfuse.bake.bake_to_folder`). Python
+    sets the package attribute `bake` to the submodule whenever anything imports it, so a function of
+    that name would be replaced by the module depending on import order. Making the module callable
+    (the module-`__class__` assignment documented for customising module attribute access) gives one
+    object that is both, whatever the order.
+    """
+
+    def __call__(self, model: PreTrainedModel) -> PreTrainedModel:
+        return bake(model)
+
+    __call__.__doc__ = bake.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -290,7 +290,8 @@ def test_bake_command(tmp_path, capsys):
 def test_top_level_bake_stays_callable_after_the_submodule_is_imported():
     import importlib
 
-    importlib.import_module("hf_embfuse.bake")  # as the CLI does
-    assert callable(hf_embfuse.bake) and hf_embfuse.bake is bake
+    module = importlib.import_module("hf_embfuse.bake")  # as the CLI does
+    assert hf_embfuse.bake is module and callable(hf_embfuse.bake)
+    assert hf_embfuse.bake.bake_to_folder is bake_to_folder
     baked = hf_embfuse.bake(tiny_fused("bert"))
     assert type(baked).__name__ == "BertModel"

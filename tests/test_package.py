@@ -1,0 +1,61 @@
+"""The package's public names: one lazy-import table, `dir()`, and `hf_embfuse.bake` as function and module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import hf_embfuse
+
+# Modules that `import hf_embfuse` must not load: they belong to building, training and publishing.
+HEAVY = ("peft", "pydantic", "hf_embfuse.bake", "hf_embfuse.build", "hf_embfuse.recipe", "hf_embfuse.sources")
+
+CHILD = r"""
+import json, sys
+import hf_embfuse
+loaded = [name for name in json.loads(sys.argv[1]) if name in sys.modules]
+print(json.dumps({"loaded": loaded, "dir": dir(hf_embfuse), "all": hf_embfuse.__all__}))
+"""
+
+
+def _in_fresh_process() -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(HEAVY)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_is_light_and_dir_lists_every_public_name():
+    report = _in_fresh_process()
+    assert report["loaded"] == []
+    assert set(report["all"]) <= set(report["dir"])
+    assert {"bake", "bake_to_folder", "fuse", "push_to_hub", "load_embfuse_folder"} <= set(report["dir"])
+
+
+def test_every_public_name_resolves():
+    for name in hf_embfuse.__all__:
+        assert getattr(hf_embfuse, name) is not None, name
+
+
+def test_unknown_names_raise_attribute_error():
+    try:
+        hf_embfuse.no_such_name  # noqa: B018
+    except AttributeError as error:
+        assert "no_such_name" in str(error)
+    else:
+        raise AssertionError("hf_embfuse.no_such_name resolved")
+
+
+def test_bake_is_the_function_and_the_module():
+    from hf_embfuse.bake import bake_to_folder
+    from tests.fixtures_models import tiny_fused
+
+    assert hf_embfuse.bake is sys.modules["hf_embfuse.bake"]
+    assert hf_embfuse.bake.bake_to_folder is bake_to_folder is hf_embfuse.bake_to_folder
+    baked = hf_embfuse.bake(tiny_fused("bert"))
+    assert type(baked).__name__ == "BertModel"
+    assert "Raises:" in hf_embfuse.bake.__call__.__doc__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -12,18 +13,12 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .modeling_embfuse import EmbFuseTask, task_of
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 
-# Wrapper class -> (Hub pipeline tag, transformers Auto class).
-TASKS = {
-    "EmbFuseModel": ("feature-extraction", "AutoModel"),
-    "EmbFuseForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
-    "EmbFuseForTokenClassification": ("token-classification", "AutoModelForTokenClassification"),
-    "EmbFuseForMaskedLM": ("fill-mask", "AutoModelForMaskedLM"),
-    "EmbFuseForCausalLM": ("text-generation", "AutoModelForCausalLM"),
-}
 _HUB_ID = re.compile(
     r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?/[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$"
 )
@@ -79,15 +74,14 @@ def build_model_card(
     hub_ids = list(
         dict.fromkeys(filter(None, [_hub_id(base_ref), *(_source_hub_id(s) for s in sources[1:])]))
     )
-    architectures = config_dict.get("architectures") or []
-    task = next((TASKS[name] for name in architectures if name in TASKS), None)
+    task = _task(config_dict.get("architectures") or [])
     card_data = ModelCardData(
         base_model=hub_ids or None,
         # The Hub knows four relations; several parents make a merge, a single parent with extra tables is
         # closest to a fine-tune of it.
         base_model_relation=("merge" if len(hub_ids) > 1 else "finetune") if hub_ids else None,
         library_name="transformers",
-        pipeline_tag=task[0] if task else None,
+        pipeline_tag=task.pipeline_tag if task else None,
         license=_license(sources),
         tags=[
             "embfuse",
@@ -96,7 +90,7 @@ def build_model_card(
         ],
     )
     model_ref = repo_id or "path/to/checkpoint"
-    auto_class = task[1] if task else None
+    auto_class = task.auto_class.__name__ if task else None
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -137,6 +131,13 @@ def eval_markdown(eval_results: Mapping[str, Any], digits: int = 3) -> str:
 
 
 # -- metadata helpers ----------------------------------------------------------------------------------------
+
+
+def _task(architectures: list[str]) -> EmbFuseTask | None:
+    for name in architectures:
+        with contextlib.suppress(ValueError):
+            return task_of(name)
+    return None
 
 
 def _hub_id(reference: Any) -> str | None:
@@ -309,4 +310,4 @@ def _escape(text: str) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", text.replace("\n", " "))
 
 
-__all__ = ["TASKS", "TEMPLATE_PATH", "build_model_card", "eval_markdown"]
+__all__ = ["TEMPLATE_PATH", "build_model_card", "eval_markdown"]

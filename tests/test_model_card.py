@@ -8,7 +8,8 @@ import pytest
 import yaml
 from huggingface_hub import HfApi, ModelCard, metadata_load
 
-from hf_embfuse.model_card import TASKS, build_model_card, eval_markdown
+from hf_embfuse.model_card import build_model_card, eval_markdown
+from hf_embfuse.modeling_embfuse import TASKS
 from tests.hub_routes import validate_card_metadata
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -118,16 +119,14 @@ def test_card_validates_against_the_local_hub_and_is_read_back(hub_client):
     assert hub_client.files("test-user/fused-minilm")["README.md"].decode() == str(card)
 
 
-@pytest.mark.parametrize(
-    ("architecture", "expected"), [*((a, t) for a, t in TASKS.items()), ("SomethingElse", None)]
-)
-def test_pipeline_tag_and_auto_class_follow_the_architecture(architecture, expected):
-    config = {**example_config_dict(), "architectures": [architecture]}
-    card = build_model_card(config, repo_id="test-user/m")
-    assert _metadata(card).get("pipeline_tag") == (expected[0] if expected else None)
-    assert 'AutoModel.from_pretrained("test-user/m", trust_remote_code=True)' in card.text
-    if expected and expected[1] != "AutoModel":
-        assert f'{expected[1]}.from_pretrained("test-user/m", trust_remote_code=True)' in card.text
+def test_every_task_of_the_one_table_gets_its_tag_and_auto_class():
+    for task in TASKS:
+        card = build_model_card({**example_config_dict(), "architectures": [task.wrapper]}, repo_id="u/m")
+        assert _metadata(card)["pipeline_tag"] == task.pipeline_tag
+        assert 'AutoModel.from_pretrained("u/m", trust_remote_code=True)' in card.text
+        assert f'{task.auto_class.__name__}.from_pretrained("u/m", trust_remote_code=True)' in card.text
+    unknown = build_model_card({**example_config_dict(), "architectures": ["SomethingElse"]}, repo_id="u/m")
+    assert "pipeline_tag" not in _metadata(unknown) and "AutoModel.from_pretrained" in unknown.text
 
 
 def test_sources_table():

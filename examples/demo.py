@@ -7,6 +7,7 @@ stands alone by reloading it with `trust_remote_code` in a fresh process that ca
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import torch
 from hf_embfuse.build import build_to_folder
 from hf_embfuse.inspection import describe_checkpoint, format_description
 from hf_embfuse.recipe import load_recipe
-from hf_embfuse.verify import load_in_fresh_process
 
 HERE = Path(__file__).resolve().parent
+# The fresh-process check is test infrastructure, kept in the checkout's tests/, not in the package.
+sys.path.insert(0, str(HERE.parent))
+from tests.fresh_process import load_in_fresh_process  # noqa: E402
+
 SENTENCES = ["Fused embeddings carry other models' knowledge.", "The cat sat on the mat."]
 
 

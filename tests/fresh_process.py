@@ -2,7 +2,8 @@
 
 The child runs from an empty working directory, with the source checkout removed from `sys.path` and
 `hf_embfuse` blocked in `sys.modules`, offline, so only the code files saved beside the weights can
-make the load work. Used by the tests and by `make demo`.
+make the load work. Used by the tests and by `make demo` (examples/demo.py imports it from the
+checkout); it is test infrastructure, not part of the installed package.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout this file lives in (tests/..)
 CHILD = r"""
 import json, os, sys
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != REPO]
@@ -49,7 +51,7 @@ def load_in_fresh_process(
         # A local folder is made absolute (the child runs elsewhere); anything else is a Hub repo id.
         location = str(Path(folder).resolve()) if Path(folder).exists() else str(folder)
         encoded.append((location, auto_class, str(inputs_file)))
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(REPO)
     child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
     result_file = workdir / "outputs.safetensors"
     code = f"REPO = {repo!r}\n" + CHILD

@@ -7,7 +7,7 @@ import torch
 
 from hf_embfuse.build import build_to_folder
 from hf_embfuse.recipe import load_recipe
-from hf_embfuse.verify import load_in_fresh_process
+from tests.fresh_process import load_in_fresh_process
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "fused_minilm.yaml"
 pytestmark = pytest.mark.integration

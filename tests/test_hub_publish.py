@@ -22,7 +22,7 @@ import hf_embfuse
 from hf_embfuse import EmbFuseForSequenceClassification, push_to_hub
 from hf_embfuse.cli import main
 from hf_embfuse.hub import DEFAULT_COMMIT_MESSAGE, PLOT_FILE, PublishError
-from hf_embfuse.verify import load_in_fresh_process
+from tests.fresh_process import load_in_fresh_process
 from tests.fixtures_hub import hub_client_patch
 from tests.fixtures_models import VOCAB, random_sources, tiny_base, tiny_fused
 from tests.fixtures_tokenizers import make_wordpiece_tokenizer

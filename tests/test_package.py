@@ -59,3 +59,15 @@ def test_bake_is_the_function_and_the_module():
     baked = hf_embfuse.bake(tiny_fused("bert"))
     assert type(baked).__name__ == "BertModel"
     assert "Raises:" in hf_embfuse.bake.__call__.__doc__
+
+
+def test_test_infrastructure_is_not_in_the_package():
+    import importlib.util
+    from pathlib import Path
+
+    # verify.py (a fresh-process loader that assumed the source checkout) moved to tests/fresh_process.py.
+    assert importlib.util.find_spec("hf_embfuse.verify") is None
+    package = Path(hf_embfuse.__file__).parent
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "from tests" not in text and "import tests" not in text, path

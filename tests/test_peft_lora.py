@@ -1,5 +1,9 @@
 """LoRA on the base's attention with the mixer in modules_to_save: small adapters that round-trip."""
 
+import re
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -7,6 +11,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import hf_embfuse
+from hf_embfuse.modeling_embfuse import TASKS
 from hf_embfuse.training import embfuse_lora_config, find_attention_modules, infer_task_type
 from tests.fixtures_models import random_sources, tiny_base, tiny_fused
 
@@ -72,11 +77,33 @@ def test_attention_modules_are_found_without_the_mlp_or_the_projections(arch, ta
     assert config.task_type == infer_task_type(model)
 
 
-def test_task_types_and_options():
-    assert infer_task_type(tiny_fused("bert", "sequence-classification")) == "SEQ_CLS"
-    assert infer_task_type(tiny_fused("llama", "causal-lm")) == "CAUSAL_LM"
-    assert infer_task_type(tiny_fused("bert", "token-classification")) == "TOKEN_CLS"
-    assert infer_task_type(tiny_fused("bert")) == "FEATURE_EXTRACTION"
+@pytest.mark.parametrize("task", TASKS, ids=lambda task: task.name)
+def test_task_type_comes_from_the_task_table_also_through_peft_and_ddp_wrappers(task):
+    model = tiny_fused("llama" if task.name == "causal-lm" else "bert", task.name)
+    assert infer_task_type(model) == task.peft_task_type
+    config = embfuse_lora_config(model)
+    assert config.task_type == task.peft_task_type
+    peft_model = get_peft_model(model, config)
+    # DataParallel stands in for DDP: the same `.module` wrapper, and it needs no process group.
+    assert (
+        infer_task_type(peft_model)
+        == infer_task_type(torch.nn.DataParallel(peft_model))
+        == task.peft_task_type
+    )
+
+
+def test_lora_config_takes_peft_argument_names():
+    model = tiny_fused("bert", "sequence-classification")
+    config = embfuse_lora_config(
+        model, r=4, lora_alpha=32, lora_dropout=0.1, use_rslora=True, bias="lora_only", task_type="SEQ_CLS"
+    )
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 32, 0.1)
+    assert config.use_rslora and config.bias == "lora_only"  # any other LoraConfig field passes through
+    with pytest.raises(TypeError, match=r"alpha= -> lora_alpha=, dropout= -> lora_dropout="):
+        embfuse_lora_config(model, alpha=16, dropout=0.1)
+
+
+def test_modules_to_save_projections_and_fixed_mixing():
     config = embfuse_lora_config(tiny_fused("bert"), train_projections=True, modules_to_save=["pooler"])
     # Only the linear projection (source 1, width 16); source 2 (width 32) is an identity with no weights.
     assert config.modules_to_save == ["pooler", "mixer", "projections.0"]
@@ -120,10 +147,11 @@ def test_adapter_is_small_round_trips_and_merges(tmp_path, arch):
 
 def test_gradient_checkpointing_gives_lora_and_mixer_gradients():
     fused = fused_model("llama")
-    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    fused.enable_input_require_grads()
+    # Also makes the embedding's output require grad (`enable_input_require_grads`), which re-entrant
+    # checkpointing of a frozen base needs.
+    fused.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     peft_model = get_peft_model(fused, embfuse_lora_config(fused, r=4)).train()
-    assert peft_model.is_gradient_checkpointing
+    assert peft_model.is_activation_checkpointing
     x = ids()
     peft_model(input_ids=x, labels=x).loss.backward()
     lora_a = [p for name, p in peft_model.named_parameters() if "lora_A" in name]
@@ -151,3 +179,33 @@ def test_embfuse_trainer_trains_and_logs_a_lora_model(tmp_path):
     assert not torch.equal(mixer.modules_to_save["default"].logits, before)
     assert {group["name"]: group["initial_lr"] for group in trainer.optimizer.param_groups}["mixer"] == 5e-2
     assert any("mixing_std/random-0" in entry for entry in trainer.state.log_history)
+
+
+def readme_lora_snippet():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## LoRA with PEFT", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_lora_snippet_runs_and_calls_nothing_deprecated(tmp_path, monkeypatch, caplog):
+    from tests.fixtures_training import TinyTask, tiny_training_args
+
+    tiny_fused("bert", "sequence-classification").save_pretrained(tmp_path / "fused-minilm")
+    monkeypatch.chdir(tmp_path)
+    code = readme_lora_snippet()
+    namespace = {
+        "model": tiny_fused("bert", "sequence-classification"),
+        "args": tiny_training_args(tmp_path / "out", steps=2),
+        "train": TinyTask(),
+    }
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        exec(compile(code, "README.md (LoRA with PEFT)", "exec"), namespace)
+    messages = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    messages += [record.getMessage() for record in caplog.records]
+    deprecated = {name for message in messages for name in re.findall(r"`([\w.]+)` is deprecated", message)}
+    called = set(re.findall(r"(\w+)\(", code))
+    assert "activation_checkpointing_enable" in called and deprecated & called == set()
+    assert type(namespace["merged"]).__name__ == "EmbFuseForSequenceClassification"
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as handle:
+        assert any(key.endswith(".classifier.weight") for key in handle.keys())  # noqa: SIM118

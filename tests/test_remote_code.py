@@ -9,7 +9,7 @@ import torch
 
 import hf_embfuse
 from hf_embfuse.modeling_embfuse import TASKS
-from hf_embfuse.verify import load_in_fresh_process
+from tests.fresh_process import load_in_fresh_process
 from tests.fixtures_models import VOCAB, tiny_fused
 
 SHIPPED = ["configuration_embfuse.py", "modeling_embfuse.py"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+from transformers.modeling_utils import unwrap_model
+from transformers.trainer_utils import unwrap_peft_model
 
 EMBEDDING_CLASS_NAME = "MultiSourceEmbedding"
 
@@ -18,6 +20,11 @@ def is_fused_embedding(module: nn.Module) -> bool:
     # Along the MRO: FSDP2's `fully_shard` swaps the class for a subclass (`FSDPMultiSourceEmbedding`).
     named = any(cls.__name__ == EMBEDDING_CLASS_NAME for cls in type(module).__mro__)
     return named and hasattr(module, "fused_weight")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The EmbFuse model inside DDP/FSDP and PEFT wrappers (transformers' own unwrapping), or `model`."""
+    return unwrap_model(unwrap_peft_model(unwrap_model(model)))
 
 
 def find_fused_embedding(model: nn.Module) -> tuple[str, nn.Module]:
@@ -30,7 +37,7 @@ def find_fused_embedding(model: nn.Module) -> tuple[str, nn.Module]:
     if not found:
         raise ValueError(
             f"{type(model).__name__} has no MultiSourceEmbedding: it is not an EmbFuse model. Build one with "
-            "`hf_embfuse.fuse(...)` or `EmbFuse*.from_base(...)`, or load an embfuse checkpoint."
+            "`hf_embfuse.fuse(...)` or `hf_embfuse.from_base(...)`, or load an embfuse checkpoint."
         )
     if len(found) > 1:
         names = ", ".join(name for name, _ in found)

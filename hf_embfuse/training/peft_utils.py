@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ._modules import find_fused_embedding
+from ..modeling_embfuse import task_of
+from ._modules import find_fused_embedding, unwrap
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -16,15 +17,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
-
-# EmbFuse wrapper (or base head) class-name suffix -> PEFT task type.
-_TASK_TYPES = (
-    ("ForSequenceClassification", "SEQ_CLS"),
-    ("ForTokenClassification", "TOKEN_CLS"),
-    ("ForCausalLM", "CAUSAL_LM"),
-    ("ForQuestionAnswering", "QUESTION_ANS"),
-    ("Model", "FEATURE_EXTRACTION"),
-)
 
 
 def _is_projection_layer(module: nn.Module) -> bool:
@@ -67,46 +59,63 @@ def find_attention_modules(model: nn.Module) -> list[str]:
     return sorted(targets)
 
 
-def infer_task_type(model: nn.Module) -> str | None:
-    """PEFT task type for a model class (`EmbFuseForSequenceClassification` -> `"SEQ_CLS"`), or `None`."""
-    name = type(model).__name__
-    return next((task for suffix, task in _TASK_TYPES if name.endswith(suffix)), None)
+def infer_task_type(model: nn.Module) -> str:
+    """PEFT task type of an EmbFuse model (`EmbFuseForSequenceClassification` -> `"SEQ_CLS"`).
+
+    Read from the task table (`hf_embfuse.modeling_embfuse.TASKS`); a PEFT or DDP wrapper is looked through.
+
+    Raises:
+        ValueError: the model is not an EmbFuse wrapper.
+    """
+    return task_of(type(unwrap(model))).peft_task_type
+
+
+# This function's names for LoRA's scaling and dropout before it took PEFT's own.
+_RENAMED = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 
 
 def embfuse_lora_config(
     model: nn.Module,
     r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.0,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
     target_modules: list[str] | str | None = None,
     task_type: str | None = None,
+    modules_to_save: list[str] | None = None,
+    *,
     train_projections: bool = False,
     **kwargs: Any,
 ) -> LoraConfig:
     """A `peft.LoraConfig` for an EmbFuse model: LoRA on the base's attention, the mixer trained in full.
 
-    The mixer (`logits`, and `gate` when gated) is tiny, so it goes into `modules_to_save` and the adapter
-    file stays small: it never contains a source table. Use with gradient checkpointing as usual
-    (`model.gradient_checkpointing_enable(); model.enable_input_require_grads()` before `get_peft_model`).
+    Arguments are `LoraConfig`'s own, with defaults for an EmbFuse model. The mixer (`logits`, and `gate`
+    when gated) is tiny, so it goes into `modules_to_save` and the adapter file stays small: it never
+    contains a source table. With a task type PEFT also trains and saves the task head (`classifier`,
+    `score`); an LM head trains when named in `modules_to_save=["lm_head"]`. Use with activation
+    checkpointing as usual (`model.activation_checkpointing_enable()` before `get_peft_model`).
 
     Args:
         model: the EmbFuse model the adapter is for.
         r: LoRA rank.
-        alpha: LoRA alpha (scaling `alpha / r`).
-        dropout: LoRA dropout.
+        lora_alpha: LoRA alpha (scaling `lora_alpha / r`).
+        lora_dropout: LoRA dropout.
         target_modules: PEFT's `target_modules`; default: `find_attention_modules(model)`.
-        task_type: PEFT task type; default inferred from the model class (`SEQ_CLS`, `CAUSAL_LM`, ...), which
-            also makes PEFT train and save a classification head.
+        task_type: PEFT task type; default: the model's task's (`SEQ_CLS`, `TOKEN_CLS`, `CAUSAL_LM`, ...).
+        modules_to_save: modules trained in full and saved with the adapter; the mixer is added to them.
         train_projections: also train (and save) the linear projections of the sources in full. They are
             `d_base × d_source` each: larger than the mixer, far smaller than a source table.
-        **kwargs: passed on to `peft.LoraConfig` (`modules_to_save` entries are added to ours).
+        **kwargs: any other `peft.LoraConfig` field (`bias`, `use_rslora`, `layers_to_transform`, ...).
     """
     from peft import LoraConfig
 
+    renamed = sorted(set(kwargs) & set(_RENAMED))
+    if renamed:
+        fixes = ", ".join(f"{old}= -> {_RENAMED[old]}=" for old in renamed)
+        raise TypeError(f"embfuse_lora_config takes PEFT's argument names: {fixes}.")
     _, embedding = find_fused_embedding(model)
     if target_modules is None:
         target_modules = find_attention_modules(model)
-    modules_to_save = list(kwargs.pop("modules_to_save", None) or [])
+    modules_to_save = list(modules_to_save or [])
     if embedding.mixer.mode == "fixed":
         logger.info("Mixing is 'fixed': the mixer has nothing to learn and stays out of modules_to_save.")
     else:
@@ -128,8 +137,8 @@ def embfuse_lora_config(
     kwargs.setdefault("fan_in_fan_out", conv1d_only)
     return LoraConfig(
         r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
         target_modules=target_modules,
         modules_to_save=list(dict.fromkeys(modules_to_save)),
         task_type=task_type,

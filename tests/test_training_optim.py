@@ -5,9 +5,15 @@ import torch
 from peft import get_peft_model
 from transformers import Trainer, TrainingArguments
 
-from hf_embfuse.training import MIXER_LR_RATIO, EmbFuseTrainer, embfuse_lora_config, mixing_parameter_groups
+from hf_embfuse.training import (
+    MIXER_LR_RATIO,
+    EmbFuseTrainer,
+    create_embfuse_optimizer,
+    embfuse_lora_config,
+    mixing_parameter_groups,
+)
 from tests.fixtures_models import tiny_fused
-from tests.test_trainer_mixing import TinyTask
+from tests.fixtures_training import TinyTask, tiny_training_args
 
 
 def groups_by_name(groups):
@@ -96,7 +102,7 @@ def test_embfuse_trainer_uses_the_groups_with_the_optimizer_args_name(tmp_path, 
     optimizer = trainer.create_optimizer()
     assert type(optimizer) is optimizer_class
     lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
-    assert lrs == {"decay": 2e-4, "no_decay": 2e-4, "projections": 1e-3, "mixer": 1e-2}
+    assert lrs == {"decay": 2e-4, "no_decay": 2e-4, "projections": 1e-3, "mixer": pytest.approx(1e-2)}
 
 
 def test_groups_under_peft_hold_the_lora_weights_and_the_mixer_copy():
@@ -107,3 +113,43 @@ def test_groups_under_peft_hold_the_lora_weights_and_the_mixer_copy():
     assert ids_of(groups["mixer"]["params"]) == {id(mixer.modules_to_save["default"].logits)}
     lora = {id(p) for name, p in model.named_parameters() if "lora_" in name}
     assert lora and lora <= ids_of(groups["decay"]["params"]) | ids_of(groups["no_decay"]["params"])
+
+
+def largest_move_of_mixer_and_base(tmp_path, mixer_lr_ratio):
+    """Train 5 plain-Trainer steps with `create_embfuse_optimizer`; how far the mixer and the head moved."""
+    model = tiny_fused("bert", "sequence-classification")
+    args = tiny_training_args(tmp_path, steps=5, learning_rate=1e-3)
+    optimizer = create_embfuse_optimizer(
+        model, torch.optim.AdamW, args.learning_rate, mixer_lr_ratio=mixer_lr_ratio
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=TinyTask(), optimizers=(optimizer, None))
+    mixer, head = model.get_input_embeddings().mixer.logits, model.classifier.weight
+    before = mixer.detach().clone(), head.detach().clone()
+    trainer.train()
+    # The Trainer used this optimizer (Accelerate wraps it), with its own schedule over our groups.
+    assert getattr(trainer.optimizer, "optimizer", trainer.optimizer) is optimizer
+    assert {g["name"]: g["initial_lr"] for g in optimizer.param_groups}["mixer"] == pytest.approx(
+        mixer_lr_ratio * 1e-3
+    )
+    return (mixer - before[0]).abs().max().item(), (head - before[1]).abs().max().item()
+
+
+def test_plain_trainer_with_create_embfuse_optimizer_trains_the_mixer_at_the_higher_rate(tmp_path):
+    # Adam moves each parameter by about its learning rate per step, whatever the gradient's size.
+    mixer_moved, head_moved = largest_move_of_mixer_and_base(tmp_path / "ratio20", MIXER_LR_RATIO)
+    assert mixer_moved > 5 * head_moved > 0
+    mixer_moved, head_moved = largest_move_of_mixer_and_base(tmp_path / "ratio1", 1.0)
+    assert mixer_moved < 2 * head_moved
+
+
+def test_create_embfuse_optimizer_passes_optimizer_arguments_and_refuses_a_bad_ratio():
+    model = tiny_fused("bert", "sequence-classification")
+    optimizer = create_embfuse_optimizer(model, torch.optim.SGD, 1e-2, momentum=0.9, projection_lr=1e-3)
+    assert {g["name"]: (g["lr"], g["momentum"]) for g in optimizer.param_groups} == {
+        "decay": (1e-2, 0.9),
+        "no_decay": (1e-2, 0.9),
+        "projections": (1e-3, 0.9),
+        "mixer": (pytest.approx(MIXER_LR_RATIO * 1e-2), 0.9),
+    }
+    with pytest.raises(ValueError, match="mixer_lr_ratio must be > 0; got 0"):
+        create_embfuse_optimizer(model, torch.optim.SGD, 1e-2, mixer_lr_ratio=0)

@@ -2,6 +2,7 @@
 
 * `MixingWeightsCallback`: log each source's mixing weight; history JSON and plot at the end.
 * `EmbFuseTrainer`: a `Trainer` with `mixer_lr` / `projection_lr` and that callback built in.
+* `create_embfuse_optimizer`: an optimizer with those learning rates, for `Trainer(optimizers=(opt, None))`.
 * `mixing_parameter_groups`: the same optimizer groups for any `torch.optim` optimizer or loop.
 * `freeze`: choose which parts train (base, source tables, projections, mixer).
 * `embfuse_lora_config`: LoRA on the base's attention with the mixer in `modules_to_save`.
@@ -11,7 +12,7 @@
 from .callback import MixingWeightsCallback, mixing_statistics, plot_mixing_history
 from .distributed import check_config_consistency, embfuse_fingerprint
 from .freezing import freeze
-from .optim import MIXER_LR_RATIO, mixing_parameter_groups
+from .optim import MIXER_LR_RATIO, create_embfuse_optimizer, mixing_parameter_groups
 from .peft_utils import embfuse_lora_config, find_attention_modules, infer_task_type
 from .trainer import EmbFuseTrainer
 
@@ -20,6 +21,7 @@ __all__ = [
     "EmbFuseTrainer",
     "MixingWeightsCallback",
     "check_config_consistency",
+    "create_embfuse_optimizer",
     "embfuse_fingerprint",
     "embfuse_lora_config",
     "find_attention_modules",

@@ -1,10 +1,11 @@
-"""Optimizer parameter groups that give the mixing parameters their own learning rate."""
+"""Optimizers whose parameter groups give the mixing parameters their own learning rate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from torch import nn
+from torch.optim import Optimizer
 
 from ._modules import split_parameters
 
@@ -49,8 +50,7 @@ def mixing_parameter_groups(
             look like a bias or a normalisation weight.
 
     Returns:
-        A list of param-group dicts for any `torch.optim` optimizer, e.g.
-        `Trainer(..., optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups}))`.
+        A list of param-group dicts for any `torch.optim` optimizer (`create_embfuse_optimizer` builds one).
     """
     if (
         lr <= 0
@@ -88,3 +88,45 @@ def mixing_parameter_groups(
 def _looks_undecayed(name: str) -> bool:
     lowered = name.lower()
     return any(pattern in lowered for pattern in _NO_DECAY_PATTERNS)
+
+
+def create_embfuse_optimizer(
+    model: nn.Module,
+    optimizer_cls: type[Optimizer],
+    lr: float,
+    *,
+    mixer_lr_ratio: float = MIXER_LR_RATIO,
+    projection_lr: float | None = None,
+    weight_decay: float = 0.0,
+    decay_parameter_names: set[str] | list[str] | None = None,
+    **optimizer_kwargs: Any,
+) -> Optimizer:
+    """An optimizer whose mixer trains at `mixer_lr_ratio × lr`, in the style of PEFT's `create_loraplus_optimizer`.
+
+    For the plain `Trainer`: `Trainer(..., optimizers=(create_embfuse_optimizer(model, torch.optim.AdamW,
+    lr=args.learning_rate), None))`; the Trainer builds its learning-rate schedule over these groups.
+    The groups are `mixing_parameter_groups`'.
+
+    Args:
+        model: the EmbFuse model (or `PeftModel`) to be optimised; only its trainable parameters are included.
+        optimizer_cls: any `torch.optim.Optimizer` class.
+        lr: the base learning rate (set it to `TrainingArguments.learning_rate`: the Trainer's schedule
+            scales each group's own rate, and logs group 0's, the base model's).
+        mixer_lr_ratio: the mixer's learning rate over `lr` (like LoRA+'s `loraplus_lr_ratio`).
+        projection_lr: learning rate of the projections (default `lr`).
+        weight_decay: weight decay of the base model's weight matrices (never of the fused parts).
+        decay_parameter_names: which base parameters decay (e.g. `trainer.get_decay_parameter_names(model)`);
+            by default those whose names do not look like a bias or a normalisation weight.
+        **optimizer_kwargs: passed on to `optimizer_cls` (`betas`, `eps`, `momentum`, ...).
+    """
+    if mixer_lr_ratio <= 0:
+        raise ValueError(f"mixer_lr_ratio must be > 0; got {mixer_lr_ratio}.")
+    groups = mixing_parameter_groups(
+        model,
+        lr=lr,
+        mixer_lr=mixer_lr_ratio * lr,
+        projection_lr=projection_lr,
+        weight_decay=weight_decay,
+        decay_parameter_names=decay_parameter_names,
+    )
+    return optimizer_cls(groups, lr=lr, **optimizer_kwargs)

@@ -11,7 +11,7 @@ from transformers.trainer_callback import DefaultFlowCallback
 
 from .callback import MixingWeightsCallback
 from .distributed import check_config_consistency
-from .optim import mixing_parameter_groups
+from .optim import MIXER_LR_RATIO, create_embfuse_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,9 @@ class EmbFuseTrainer(Trainer):
 
     Differences from `Trainer`, all optional:
 
-    * the optimizer gets `mixing_parameter_groups`: the mixer trains at `mixer_lr` (default
+    * the optimizer is `create_embfuse_optimizer`'s: the mixer trains at `mixer_lr` (default
       `MIXER_LR_RATIO × learning_rate`), projections at `projection_lr` (default `learning_rate`), neither
-      with weight decay. The optimizer class is still the one `args.optim` names.
+      with weight decay. The optimizer class and its arguments are still the ones `args.optim` names.
     * a `MixingWeightsCallback` is added, ahead of the reporting integrations so TensorBoard, W&B, ... see
       the `mixing/<source>` values (pass `mixing_callback=False` to leave it out, or your own instance).
     * under `torch.distributed`, `train()` first checks that every rank built the same EmbFuse model
@@ -44,6 +44,9 @@ class EmbFuseTrainer(Trainer):
         mixing_callback: bool | MixingWeightsCallback = True,
         **kwargs: Any,
     ) -> None:
+        for name, value in (("mixer_lr", mixer_lr), ("projection_lr", projection_lr)):
+            if value is not None and value <= 0:
+                raise ValueError(f"EmbFuseTrainer: {name} must be > 0; got {name}={value}.")
         self.mixer_lr = mixer_lr
         self.projection_lr = projection_lr
         super().__init__(*args, **kwargs)
@@ -74,13 +77,16 @@ class EmbFuseTrainer(Trainer):
                 self.args.optim,
             )
             return super().create_optimizer(model)
-        groups = mixing_parameter_groups(
+        optimizer_kwargs = {key: value for key, value in optimizer_kwargs.items() if key != "lr"}
+        lr = self.args.learning_rate
+        self.optimizer = create_embfuse_optimizer(
             opt_model,
-            lr=self.args.learning_rate,
-            mixer_lr=self.mixer_lr,
+            optimizer_cls,
+            lr,
+            mixer_lr_ratio=MIXER_LR_RATIO if self.mixer_lr is None else self.mixer_lr / lr,
             projection_lr=self.projection_lr,
             weight_decay=self.args.weight_decay,
             decay_parameter_names=self.get_decay_parameter_names(opt_model),
+            **optimizer_kwargs,
         )
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return super().create_optimizer(model)

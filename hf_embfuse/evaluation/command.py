@@ -32,6 +32,19 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--standard", action="store_true", help="also evaluate on WordSim-353, SimLex-999 and MEN"
     )
+    command.add_argument(
+        "--text",
+        type=Path,
+        metavar="FILE",
+        help="UTF-8 text, one passage a line: bits per byte of the model (a causal LM) on it",
+    )
+    command.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="with --text: also score this model (folder, GGUF file or Hub id) with its own tokenizer, and the ratio",
+    )
+    command.add_argument("--max-lines", type=int, metavar="N", help="with --text: only the first N lines")
+    command.add_argument("--no-progress", action="store_true", help="no progress bars")
     command.add_argument("--out", type=Path, metavar="FILE.json", help="write the results as JSON")
     command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     command.add_argument(
@@ -46,10 +59,24 @@ def run(args: argparse.Namespace) -> int:
     """Run `hf-embfuse eval`; bad input raises ValueError / OSError, which the CLI reports in one line."""
     from . import load_standard_wordsim, load_wordsim
 
-    if not args.wordsim and not args.standard:
-        raise ValueError("give word-similarity data: --wordsim FILE [FILE ...] and/or --standard")
+    if args.reference and args.text is None:
+        raise ValueError("--reference needs --text FILE")
+    if not args.wordsim and not args.standard and args.text is None:
+        raise ValueError(
+            "give --text FILE, or word-similarity data: --wordsim FILE [FILE ...] and/or --standard"
+        )
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{str(args.out)!r} already exists; pass --overwrite to replace it")
+    if args.text is not None and not args.wordsim and not args.standard:
+        from .text_command import run_text
+
+        report = run_text(args)
+        if args.out is not None:
+            write_json_atomic(args.out, {"checkpoint": str(args.folder), **report}, overwrite=args.overwrite)
+            print(f"wrote {args.out}")
+        return 0
+    if args.text is not None:
+        raise ValueError("--text and word-similarity data are separate runs; give one of them")
     # Read the data before the model: a malformed file should fail in a second, not after loading.
     datasets = dict(load_standard_wordsim()) if args.standard else {}
     for path in args.wordsim:

@@ -1,0 +1,150 @@
+"""`hf-embfuse eval DIR --text FILE [--reference MODEL]`: bits per byte of a causal LM on a text file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .bits_per_byte import TextScore, added_token_ids, read_text_lines, score_lines
+
+logger = logging.getLogger(__name__)
+
+
+def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer from an EmbFuse folder, a plain HF folder (or Hub id), or a GGUF file.
+
+    A folder without `config.json` holding exactly one `.gguf` file is read as that file.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_embfuse  # noqa: F401  (registers the embfuse model type with the Auto classes)
+
+    path = Path(name)
+    kwargs: dict[str, Any] = {}
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise FileNotFoundError(
+                f"{str(path)!r} has no config.json and {len(ggufs)} .gguf files; point at a model folder or a "
+                "GGUF file"
+            )
+        path = ggufs[0]
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
+        kwargs["gguf_file"] = path.name
+        path = path.parent
+    elif not path.exists() and (path.is_absolute() or str(name).startswith(".")):
+        raise FileNotFoundError(
+            f"model {str(name)!r} does not exist; give a model folder, a GGUF file or a Hub id"
+        )
+    not_causal = ValueError(
+        f"{str(name)!r} is not a causal language model, so it has no bits per byte; give one (an EmbFuse folder "
+        "built with task 'causal-lm')"
+    )
+    if "gguf_file" not in kwargs and not _is_causal_lm(path):
+        raise not_causal
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+    except ValueError as error:
+        if "Unrecognized configuration class" not in str(error):
+            raise
+        raise not_causal from None
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    return model.eval(), tokenizer
+
+
+# Class-name endings of models that predict the next token (what `architectures` in config.json says).
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _is_causal_lm(folder: Path) -> bool:
+    """False when the folder's config names only architectures that are not causal LMs (e.g. `BertModel`).
+
+    `AutoModelForCausalLM` would otherwise load an encoder with a fresh, random head.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        return True  # a Hub id: left to from_pretrained
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise ValueError(f"{str(config)!r} is not a JSON object; the folder is not a model folder") from None
+    return not architectures or any(name.endswith(_CAUSAL_SUFFIXES) for name in architectures)
+
+
+def evaluate_text(
+    model: Any,
+    tokenizer: Any,
+    lines: list[str],
+    *,
+    reference: tuple[Any, Any] | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Bits per byte of `model` (and of `reference`, a `(model, tokenizer)` pair) on `lines`, as a report.
+
+    The report also holds the lines that contain the tokenizer's added (non-special) tokens, with
+    the loss there, when it has any.
+    """
+    score = score_lines(model, tokenizer, lines, show_progress=show_progress)
+    report: dict[str, Any] = {"model": score.to_dict()}
+    reference_score: TextScore | None = None
+    if reference is not None:
+        reference_score = score_lines(*reference, lines, show_progress=show_progress)
+        report["reference"] = reference_score.to_dict()
+        report["ratio"] = score.bits_per_byte / reference_score.bits_per_byte
+    added = added_token_ids(tokenizer)
+    if added:
+        keep = score.lines_containing(added)
+        entry: dict[str, Any] = {"added_tokens": len(added), "lines": int(keep.sum())}
+        if keep.any():
+            entry["model"] = score.subset(keep).to_dict()
+            if reference_score is not None:
+                entry["reference"] = reference_score.subset(keep).to_dict()
+        report["added_token_lines"] = entry
+    return report
+
+
+def format_text_report(report: dict[str, Any], model_name: str, reference_name: str | None) -> str:
+    """The report as a Markdown table and a few lines."""
+    rows = [("model", model_name, report["model"])]
+    if "reference" in report:
+        rows.append(("reference", reference_name or "reference", report["reference"]))
+    lines = [
+        "| model | name | tokens | bits/byte | loss/token (nats) |",
+        "|---|---|---:|---:|---:|",
+        *(
+            f"| {role} | {name} | {entry['tokens']} | {entry['bits_per_byte']:.4f} | {entry['token_loss']:.4f} |"
+            for role, name, entry in rows
+        ),
+        f"{report['model']['lines']} lines, {report['model']['bytes']} bytes",
+    ]
+    if "ratio" in report:
+        lines.append(f"ratio (model / reference bits per byte): {report['ratio']:.4f}")
+    added = report.get("added_token_lines")
+    if added:
+        text = f"lines with the {added['added_tokens']} added tokens: {added['lines']}"
+        if "model" in added:
+            text += f"; loss/token {added['model']['token_loss']:.4f}, bits/byte {added['model']['bits_per_byte']:.4f}"
+        if "reference" in added:
+            text += f" (reference bits/byte {added['reference']['bits_per_byte']:.4f})"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def run_text(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--text` part of `hf-embfuse eval`: prints the table, returns the report for `--out`."""
+    lines = read_text_lines(args.text)  # before any model: a bad file fails in a second
+    if args.max_lines is not None:
+        if args.max_lines < 1:
+            raise ValueError(f"--max-lines must be at least 1, got {args.max_lines}")
+        lines = lines[: args.max_lines]
+    model, tokenizer = load_causal_lm(args.folder)
+    reference = load_causal_lm(args.reference) if args.reference else None
+    report = evaluate_text(model, tokenizer, lines, reference=reference, show_progress=not args.no_progress)
+    print(format_text_report(report, str(args.folder), args.reference))
+    return {"text": str(args.text), "reference_model": args.reference, **report}

@@ -24,11 +24,11 @@ from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
 from .checkpoint_folder import read_checkpoint_config
-from .modeling_embfuse import task_of
+from .modeling_embfuse import EmbFuseTask, task_of
+from .sentence_transformers import copy_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
 
-_WRAPPER_PREFIX = "EmbFuse"
 # Tokenizer (and chat template) files copied from an EmbFuse folder into the baked one.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -154,26 +154,20 @@ def load_embfuse_folder(folder: str | os.PathLike) -> PreTrainedModel:
         FileNotFoundError: the folder, its `config.json` or its weights are missing.
         ValueError: the folder is not an EmbFuse checkpoint (a plain model, a PEFT adapter, ...).
     """
-    import hf_embfuse
+    from .wrap import wrapper_class
 
     folder = Path(folder)
-    wrapper = _check_embfuse_folder(folder)
-    return getattr(hf_embfuse, wrapper).from_pretrained(folder, dtype="auto")
+    return wrapper_class(_check_embfuse_folder(folder)).from_pretrained(folder, dtype="auto")
 
 
-def _check_embfuse_folder(folder: Path) -> str:
-    """Validate `folder` as an EmbFuse checkpoint; return the wrapper class name to load it with."""
-    import hf_embfuse
-
+def _check_embfuse_folder(folder: Path) -> EmbFuseTask:
+    """Validate `folder` as an EmbFuse checkpoint; return the task whose wrapper loads it."""
     config = read_checkpoint_config(folder, not_embfuse_hint="A plain checkpoint needs no baking.")
     wrapper = (config.get("architectures") or ["EmbFuseModel"])[0]
-    if not wrapper.startswith(_WRAPPER_PREFIX) or not hasattr(hf_embfuse, wrapper):
-        raise ValueError(
-            f"{str(folder)!r} names architecture {wrapper!r}, which is not an EmbFuse wrapper; expected one of "
-            "EmbFuseModel, EmbFuseForSequenceClassification, EmbFuseForTokenClassification, EmbFuseForMaskedLM, "
-            "EmbFuseForCausalLM."
-        )
-    return wrapper
+    try:
+        return task_of(wrapper)
+    except ValueError as error:
+        raise ValueError(f"{str(folder)!r} names architecture {error}") from None
 
 
 def bake_to_folder(
@@ -227,6 +221,7 @@ def bake_to_folder(
             for name in TOKENIZER_FILES:
                 if (source_folder / name).is_file():
                     shutil.copy2(source_folder / name, staging / name)
+            copy_sentence_transformers_files(source_folder, staging)  # pooling, normalize, prompts
         _check_plain_checkpoint(staging)
     logger.debug(
         "Baked %s into %s (%s)", source_folder or type(model).__name__, out_dir, type(baked).__name__

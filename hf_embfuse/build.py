@@ -14,9 +14,11 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .alignment import AlignedSource, AlignmentReport, Vocabulary, align_source
 from .atomic import atomic_output_dir
+from .model_names import base_model_name, local_name
 from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import anchor_mask, fit_linear_map, transport_table
 from .recipe import Recipe, SourceRecipe
+from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source
 from .wrap import SourceSpec, from_base, task_named
 
@@ -52,13 +54,18 @@ class FuseResult:
     model: EmbFusePreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     reports: list[SourceReport]
+    # The base's sentence-transformers modules (pooling, normalize, ...), when it is such a model.
+    sentence_transformers: SentenceTransformerFiles | None = None
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write model, tokenizer, `embfuse_report.json` and the model card (`README.md`) into `folder`."""
+        """Write model, tokenizer, `embfuse_report.json` and the model card (`README.md`) into `folder`;
+        for a sentence-transformers base also its modules, so `SentenceTransformer(folder)` pools as it did."""
         from .model_card import build_model_card
 
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        if self.sentence_transformers is not None:
+            self.sentence_transformers.write(folder)
         report = {"sources": [r.to_dict() for r in self.reports]}
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         weights = self.model.get_input_embeddings().mean_mixing_weights()
@@ -132,6 +139,9 @@ def fuse_recipe(
     """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs)."""
     torch.manual_seed(recipe.seed)
     task = task_named(recipe.task)
+    # A model passed in is read for its modules from where it was loaded, if anywhere.
+    base_location = recipe.base if base_model is None else base_model.name_or_path
+    modules = read_sentence_transformers_files(base_location) if base_location else None
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
@@ -153,8 +163,8 @@ def fuse_recipe(
             trust_remote_code=source.trust_remote_code,
             vocab_path=source.vocab_path,
         )
-        if source.name:
-            table.name = source.name
+        # Names travel with the checkpoint (config, report, card): never this machine's path.
+        table.name = source.name or local_name(table.name)
         aligned = align_source(
             tokenizer,
             table,
@@ -174,6 +184,8 @@ def fuse_recipe(
         reports.append(SourceReport(read.name, read.kind, read.width, aligned.report, projection_report))
         logger.info("%s", aligned.report)
 
+    base_name = base_model_name(recipe.base, recipe.base_hub_id)  # a Hub id or a folder name, not a path
+    base_model.name_or_path = base_model.config.name_or_path = base_name
     model = from_base(
         base_model,
         specs,
@@ -186,9 +198,9 @@ def fuse_recipe(
         train_sources=recipe.train_sources,
         train_projections=recipe.train_projections,
         source_dtype=recipe.source_dtype,
-        base_model_name_or_path=recipe.base,
+        base_model_name_or_path=base_name,
     )
-    return FuseResult(model, tokenizer, reports)
+    return FuseResult(model, tokenizer, reports, modules)
 
 
 def _without_remote_code(load: Any, base: str, **kwargs: Any) -> Any:
@@ -231,6 +243,7 @@ def _project(
         "name": table.name,
         "kind": table.kind,
         "revision": table.revision,
+        **({"hub_id": source.hub_id} if source.hub_id else {}),
         "source_width": table.width,
         "alignment": aligned.report.to_dict(),
     }

@@ -10,8 +10,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .configuration_embfuse import MIXING_MODES, REGULARIZERS, SOURCE_DTYPES
+from .modeling_embfuse import TASKS
 
-Task = Literal["base", "sequence-classification", "token-classification", "masked-lm", "causal-lm"]
+# The task names come from the one task table; pydantic validates and documents the Literal as usual.
+Task = Literal[tuple(task.name for task in TASKS)]  # type: ignore[valid-type]
 Projection = Literal["transport", "linear", "identity"]
 
 

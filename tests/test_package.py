@@ -71,3 +71,45 @@ def test_test_infrastructure_is_not_in_the_package():
     for path in package.rglob("*.py"):
         text = path.read_text()
         assert "from tests" not in text and "import tests" not in text, path
+
+
+# --------------------------------------------------------------------------- one task table
+
+TASK_CHILD = r"""
+import hf_embfuse.modeling_embfuse as m
+# A task added to the one table is a recipe task at once: nothing else lists the names.
+m.TASKS = (*m.TASKS, m.EmbFuseTask("new-task", "EmbFuseModel", m.AutoModel, "feature-extraction", "FEATURE_EXTRACTION"))
+from hf_embfuse.recipe import parse_recipe
+print(parse_recipe({"base": "b", "task": "new-task", "sources": [{"path": "s"}]}).task)
+"""
+
+
+def test_recipe_tasks_come_from_the_task_table():
+    from typing import get_args
+
+    from hf_embfuse.modeling_embfuse import TASKS
+    from hf_embfuse.recipe import Recipe
+
+    assert get_args(Recipe.model_fields["task"].annotation) == tuple(task.name for task in TASKS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", TASK_CHILD], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "new-task"
+
+
+def test_a_folder_naming_an_unknown_wrapper_lists_the_tables_wrappers(tmp_path):
+    import pytest
+
+    from hf_embfuse.bake import bake_to_folder
+    from hf_embfuse.modeling_embfuse import TASKS
+    from tests.fixtures_models import tiny_fused
+
+    tiny_fused("bert").save_pretrained(tmp_path / "fused")
+    config_file = tmp_path / "fused" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"EmbFuseModel"', '"EmbFuseForQuestionAnswering"'))
+    with pytest.raises(ValueError, match="EmbFuseForQuestionAnswering") as caught:
+        bake_to_folder(tmp_path / "fused", tmp_path / "out")
+    assert ", ".join(task.wrapper for task in TASKS) in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -14,7 +14,13 @@ from .modeling_embfuse import TASKS
 
 # The task names come from the one task table; pydantic validates and documents the Literal as usual.
 Task = Literal[tuple(task.name for task in TASKS)]  # type: ignore[valid-type]
-Projection = Literal["transport", "linear", "identity"]
+Projection = Literal["transport", "omp", "linear", "identity"]
+PieceRule = Literal["mean", "first", "last"]
+# Roles an added special token can take: the tokenizer attribute it becomes (`additional` = one more
+# control token, e.g. a chat marker, in `additional_special_tokens`).
+Role = Literal["bos", "eos", "unk", "pad", "mask", "cls", "sep", "additional"]
+SPECIAL_ROLES: tuple[str, ...] = get_args(Role)
+HUB_ID_PATTERN = r"^[\w.-]+/[\w.-]+$"  # `namespace/name`; the card names such models in `base_model`
 
 
 class RecipeError(ValueError):
@@ -32,10 +38,19 @@ class SourceRecipe(_Strict):
         description="Folder, Hub id, .gguf file or vector file; `pkg:NAME/sub` = inside a package."
     )
     name: str | None = Field(None, description="Display name; defaults to the path.")
+    hub_id: str | None = Field(
+        None,
+        pattern=HUB_ID_PATTERN,
+        description="Hub id (`namespace/name`) it came from, for the model card.",
+    )
     kind: Literal["hf", "gguf", "vectors"] | None = Field(None, description="Reader; guessed from the path.")
     revision: str | None = None
     vocab_path: str | None = Field(None, description="Vocabulary file of a `.npy` vector table.")
-    projection: Projection = Field("transport", description="How rows are mapped into the base space.")
+    projection: Projection = Field(
+        "transport",
+        description="How rows are mapped into the base space: transport (k nearest anchors), omp (sparse "
+        "coding over the anchors), linear or identity.",
+    )
     weight: float | None = Field(
         None, ge=0, description="Initial mixing weight (all sources share 1 - base_weight)."
     )
@@ -46,14 +61,37 @@ class SourceRecipe(_Strict):
         False, description="Allow unpickling `.bin`/`.pt` weights (weights_only=True)."
     )
     trust_remote_code: bool = Field(False, description="Allow a tokenizer that needs custom code.")
-    transport_k: int = Field(10, ge=1)
+    transport_k: int = Field(10, ge=1, description="Anchors per row (transport), atoms per row (omp).")
     transport_temperature: float = Field(0.1, gt=0)
+
+
+class AddedTokenRecipe(_Strict):
+    """One token to add to the base tokenizer; a special token needs its role."""
+
+    content: str = Field(min_length=1)
+    special: bool = False
+    role: Role | None = Field(None, description="The special token's role; implies `special`.")
+
+    @model_validator(mode="after")
+    def _role(self) -> AddedTokenRecipe:
+        if self.special and self.role is None:
+            raise ValueError(
+                f"special token {self.content!r} has no role; give `role:` one of {', '.join(SPECIAL_ROLES)}"
+            )
+        return self
+
+    @property
+    def is_special(self) -> bool:
+        return self.special or self.role is not None
 
 
 class Recipe(_Strict):
     """Everything `hf-embfuse build` needs; unknown keys are errors."""
 
     base: str
+    base_hub_id: str | None = Field(
+        None, pattern=HUB_ID_PATTERN, description="Hub id of the base, when `base` is a local folder."
+    )
     task: Task = "base"
     num_labels: int | None = Field(None, ge=1)
     sources: list[SourceRecipe] = Field(min_length=1)
@@ -66,6 +104,33 @@ class Recipe(_Strict):
     train_projections: bool = True
     source_dtype: str = "float32"
     seed: int = 0
+    tokenizer: str | None = Field(
+        None,
+        description="Target vocabulary: a tokenizer folder, Hub id or .gguf file, or `source:N` (the tokenizer "
+        "of source N, 1 = the first in `sources`); the base's own when left out.",
+    )
+    added_tokens: list[str | AddedTokenRecipe] | str = Field(
+        default_factory=list,
+        description="Tokens added to the target: a list, or a file with one per line (`TOKEN` or `TOKEN<TAB>ROLE`).",
+    )
+    min_overlap: float = Field(
+        0.01, ge=0, le=1, description="Least share of target tokens the base must have."
+    )
+    allow_low_overlap: bool = False
+    output_head: Literal["auto", "tied", "untied"] = Field(
+        "auto", description="LM head over a new vocabulary: tied to the base table, or rebuilt on its own."
+    )
+    input_pieces: PieceRule = Field("mean", description="How the base's pieces make a new input row.")
+    output_pieces: PieceRule = Field("first", description="How the base's pieces make a new output row.")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("source:"):
+            number = value[len("source:") :]
+            if not number.isdigit() or int(number) < 1:
+                raise ValueError("`source:N` needs N >= 1, the position of a source in `sources`")
+        return value
 
     @field_validator("mixing")
     @classmethod
@@ -91,7 +156,21 @@ class Recipe(_Strict):
             raise ValueError(
                 f"base_weight + source weights must sum to 1, got {self.base_weight + sum(given):.6g}"
             )
+        if self.target_source is not None and self.target_source > len(self.sources):
+            raise ValueError(f"tokenizer {self.tokenizer!r}: there are only {len(self.sources)} sources")
         return self
+
+    @property
+    def target_source(self) -> int | None:
+        """N of `tokenizer: source:N` (1 = the first source), else `None`."""
+        if self.tokenizer is None or not self.tokenizer.startswith("source:"):
+            return None
+        return int(self.tokenizer[len("source:") :])
+
+    @property
+    def transfers_vocabulary(self) -> bool:
+        """Whether the model's vocabulary is a target tokenizer's rather than the base's own."""
+        return self.tokenizer is not None or bool(self.added_tokens)
 
     def initial_weights(self) -> list[float]:
         """Initial mixing weights, base first; sources share `1 - base_weight` unless given."""
@@ -141,7 +220,12 @@ def parse_recipe(data: Any, relative_to: Path | None = None) -> Recipe:
         s.model_copy(update={"vocab_path": resolve_path(s.vocab_path, relative_to)}) if s.vocab_path else s
         for s in sources
     ]
-    return recipe.model_copy(update={"base": resolve_path(recipe.base, relative_to), "sources": vocab})
+    update: dict[str, Any] = {"base": resolve_path(recipe.base, relative_to), "sources": vocab}
+    if recipe.tokenizer is not None and recipe.target_source is None:
+        update["tokenizer"] = resolve_path(recipe.tokenizer, relative_to)
+    if isinstance(recipe.added_tokens, str):
+        update["added_tokens"] = resolve_path(recipe.added_tokens, relative_to)
+    return recipe.model_copy(update=update)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

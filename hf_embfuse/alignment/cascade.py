@@ -42,7 +42,8 @@ from .vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-COMBINE_MODES = ("mean", "sum", "max")
+# "first" / "last" keep one piece: tokensurgeon's rules for output and input rows of a new vocabulary.
+COMBINE_MODES = ("mean", "sum", "max", "first", "last")
 _CODE = {name: np.int8(i) for i, name in enumerate(OUTCOMES)}
 _SAMPLE_SIZE = 20
 
@@ -102,6 +103,12 @@ def _build_table(
     Every base row is a bag: one source row for one-to-one matches, the pieces for decomposed
     rows, and nothing for uncovered ones (an empty bag comes out as zeros in every mode).
     """
+    if mode in ("first", "last") and dec_rows.size:
+        starts = np.cumsum(dec_lengths) - dec_lengths
+        dec_flat = dec_flat[starts if mode == "first" else starts + dec_lengths - 1]
+        dec_lengths = np.ones_like(dec_lengths)
+    if mode in ("first", "last"):
+        mode = "sum"
     direct = np.flatnonzero(source_index >= 0)
     lengths = np.zeros(num_rows, dtype=np.int64)
     lengths[direct] = 1
@@ -186,7 +193,7 @@ def align_source(
         num_rows: the base model's embedding rows; may exceed `len(base_tokenizer)` (those rows come
             out uncovered as `beyond_vocab`). Defaults to `len(base_tokenizer)`.
         decompose: re-tokenise base tokens the source has no single row for, and combine the rows.
-        combine: how piece rows are combined: `"mean"`, `"sum"` or `"max"`.
+        combine: how piece rows are combined: `"mean"`, `"sum"`, `"max"`, or one piece: `"first"`, `"last"`.
         min_coverage: least share of the base's content tokens the source must cover.
         allow_low_coverage: align anyway when coverage is below `min_coverage`.
         show_progress: show a progress bar while decomposing.

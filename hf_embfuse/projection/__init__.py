@@ -5,6 +5,24 @@ row from the base vectors of its source-space neighbours (`transport_table`).
 """
 
 from .linear import RIDGE_GRID, LinearMap, anchor_mask, fit_linear_map
-from .transport import TransportStats, transport_table
+from .transport import (
+    TransportPlan,
+    TransportStats,
+    anchor_neighbours,
+    faiss_available,
+    transport_plan,
+    transport_table,
+)
 
-__all__ = ["RIDGE_GRID", "LinearMap", "TransportStats", "anchor_mask", "fit_linear_map", "transport_table"]
+__all__ = [
+    "RIDGE_GRID",
+    "LinearMap",
+    "TransportPlan",
+    "TransportStats",
+    "anchor_mask",
+    "anchor_neighbours",
+    "faiss_available",
+    "fit_linear_map",
+    "transport_plan",
+    "transport_table",
+]

@@ -3,11 +3,20 @@
 Each covered row becomes a softmax-weighted average of the **base** vectors of its nearest anchors,
 with neighbours and weights taken in the source's own space. Unlike a linear map, the result is by
 construction a mixture of points the base model already understands.
+
+The neighbours and weights are a `TransportPlan`, computed once and applied to any table indexed like
+the anchors (the base's input table, and its output table for an untied LM head). The neighbour
+search is exact (blocked matrix products), or approximate through faiss (`pip install
+'hf-embfuse[ann]'`) for large vocabularies: 262,144 rows against 61k anchors is ~10^13 multiply-adds
+exactly; an inverted-file index scans a few percent of the anchors per row. Approximate searches
+report their recall against the exact one on a sample of rows.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 # Bound the (batch × anchors) similarity block to about 128 MiB of float32.
 _MAX_BLOCK_ELEMENTS = 2**25
+SEARCHES = ("auto", "exact", "faiss")
+# "auto" searches exactly below this many (rows × anchors), approximately above it (when faiss is there).
+_EXACT_UP_TO = 2**31
+_RECALL_SAMPLE = 1000
 
 
 @dataclass
@@ -31,6 +44,9 @@ class TransportStats:
         mean_top1_cosine: mean source-space cosine between a row and its nearest anchor.
         mean_effective_neighbours: mean of `1 / Σ w²` over rows: 1 when one neighbour takes all the
             weight, `k` when the weights are uniform.
+        search: `"exact"` or `"faiss"`.
+        recall: for an approximate search, the share of the exact `k` nearest anchors it found, on a
+            sample of rows; `None` for an exact one.
     """
 
     n_rows: int
@@ -38,6 +54,42 @@ class TransportStats:
     k: int
     mean_top1_cosine: float
     mean_effective_neighbours: float
+    search: str = "exact"
+    recall: float | None = None
+
+
+@dataclass
+class TransportPlan:
+    """Each covered row as a weighted combination of anchor rows: apply it to any anchor-indexed table.
+
+    Attributes:
+        num_rows: rows of the tables it applies to.
+        rows: `(n,)` the rows it fills.
+        neighbours: `(n, k)` vocabulary row ids of the anchors each row combines.
+        weights: `(n, k)` their weights (softmax weights for transport, sparse-coding coefficients).
+        stats: how it was made.
+    """
+
+    num_rows: int
+    rows: torch.Tensor
+    neighbours: torch.Tensor
+    weights: torch.Tensor
+    stats: TransportStats
+
+    def apply(self, base_table: torch.Tensor, *, chunk: int = 65536) -> torch.Tensor:
+        """`(num_rows, d)` float32: the plan's rows as combinations of `base_table`'s anchor rows, zero elsewhere."""
+        check_table("base_table", base_table, rows=self.num_rows)
+        used, local = torch.unique(self.neighbours, return_inverse=True)
+        anchors = base_table.detach()[used].float()
+        check_finite("base_table", anchors, used)
+        out = torch.zeros(self.num_rows, base_table.shape[1], dtype=torch.float32, device=base_table.device)
+        for start in range(0, self.rows.numel(), chunk):
+            part = slice(start, start + chunk)
+            # embedding_bag sums the weighted neighbour rows without materialising (n × k × d).
+            out[self.rows[part]] = torch.nn.functional.embedding_bag(
+                local[part], anchors, per_sample_weights=self.weights[part].float(), mode="sum"
+            )
+        return out
 
 
 def transport_table(
@@ -51,6 +103,7 @@ def transport_table(
     exclude_self: bool = False,
     center: bool = False,
     batch_size: int | None = None,
+    search: str = "exact",
     return_stats: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, TransportStats]:
     """Build a `(V, d_base)` table whose covered rows are base vectors weighted by source similarity.
@@ -76,20 +129,125 @@ def transport_table(
         center: subtract the mean covered source row before taking cosines. Embedding tables share a
             common direction that makes every cosine high; removing it sharpens neighbours and weights.
         batch_size: rows per similarity block; by default sized so a block stays near 128 MiB.
+        search: `"exact"`, `"faiss"` (approximate; the `ann` extra) or `"auto"` (faiss for large problems
+            when it is installed).
         return_stats: also return a `TransportStats`.
 
     Returns:
         The float32 `(V, d_base)` table, and the stats when `return_stats` is set.
     """
     check_table("source_table", source_table)
-    rows = source_table.shape[0]
-    check_table("base_table", base_table, rows=rows)
-    if k < 1:
-        raise ValueError(f"`k` must be at least 1, got {k}.")
+    check_table("base_table", base_table, rows=source_table.shape[0])
+    plan = transport_plan(
+        source_table,
+        coverage,
+        anchors,
+        k=k,
+        temperature=temperature,
+        exclude_self=exclude_self,
+        center=center,
+        batch_size=batch_size,
+        search=search,
+    )
+    out = plan.apply(base_table)
+    return (out, plan.stats) if return_stats else out
+
+
+def transport_plan(
+    source_table: torch.Tensor,
+    coverage: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    k: int = 10,
+    temperature: float = 0.1,
+    exclude_self: bool = False,
+    center: bool = False,
+    batch_size: int | None = None,
+    search: str = "exact",
+) -> TransportPlan:
+    """The neighbours and softmax weights `transport_table` uses, for applying to one or more tables.
+
+    Arguments as for `transport_table`.
+    """
+    neighbours = anchor_neighbours(
+        source_table,
+        coverage,
+        anchors,
+        k=k,
+        exclude_self=exclude_self,
+        center=center,
+        batch_size=batch_size,
+        search=search,
+    )
     if not temperature > 0:
         raise ValueError(f"`temperature` must be positive, got {temperature}.")
+    weights = torch.softmax(neighbours.cosines / temperature, dim=1)
+    effective = float((1.0 / (weights**2).sum(dim=1)).mean())
+    stats = TransportStats(
+        n_rows=neighbours.rows.numel(),
+        n_anchors=neighbours.n_anchors,
+        k=neighbours.ids.shape[1],
+        mean_top1_cosine=float(neighbours.cosines[:, 0].mean()),
+        mean_effective_neighbours=effective,
+        search=neighbours.search,
+        recall=neighbours.recall,
+    )
+    logger.info(
+        "Transported %d rows from %d anchors (k=%d, temperature=%g, %s search%s): mean top-1 cosine %.3f, "
+        "%.2f effective neighbours.",
+        stats.n_rows,
+        stats.n_anchors,
+        stats.k,
+        temperature,
+        stats.search,
+        "" if stats.recall is None else f", recall {stats.recall:.3f}",
+        stats.mean_top1_cosine,
+        stats.mean_effective_neighbours,
+    )
+    return TransportPlan(source_table.shape[0], neighbours.rows, neighbours.ids, weights, stats)
+
+
+@dataclass
+class Neighbours:
+    """The nearest anchors of every covered row, in the source space.
+
+    Attributes:
+        rows: `(n,)` covered rows, ascending.
+        ids: `(n, k)` vocabulary row ids of their nearest anchors, nearest first.
+        cosines: `(n, k)` the cosines to them.
+        n_anchors: anchors searched.
+        search: how they were found.
+        recall: share of the exact neighbours found, on a sample (approximate searches only).
+    """
+
+    rows: torch.Tensor
+    ids: torch.Tensor
+    cosines: torch.Tensor
+    n_anchors: int
+    search: str
+    recall: float | None = None
+
+
+def anchor_neighbours(
+    source_table: torch.Tensor,
+    coverage: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    k: int = 10,
+    exclude_self: bool = False,
+    center: bool = False,
+    batch_size: int | None = None,
+    search: str = "exact",
+) -> Neighbours:
+    """The `k` nearest anchors (by cosine in the source space) of every covered row; see `transport_table`."""
+    check_table("source_table", source_table)
+    rows = source_table.shape[0]
+    if k < 1:
+        raise ValueError(f"`k` must be at least 1, got {k}.")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive number of rows, got {batch_size}.")
+    if search not in SEARCHES:
+        raise ValueError(f"`search` must be one of {', '.join(map(repr, SEARCHES))}, got {search!r}.")
     covered = as_mask("coverage", rows, coverage)
     anchor_mask = as_mask("anchors", rows, anchors)
     if bool((anchor_mask & ~covered).any()):
@@ -107,11 +265,7 @@ def transport_table(
             "anchors are rows covered by both the source and the base."
         )
 
-    device = source_table.device
-    out = torch.zeros(rows, base_table.shape[1], dtype=torch.float32, device=device)
-
-    source = source_table.detach().float()
-    covered_rows = source[row_ids.to(device)]
+    covered_rows = source_table.detach().float()[row_ids.to(source_table.device)].cpu()
     check_finite("source_table", covered_rows, row_ids)
     n_zero = int((covered_rows.abs().sum(dim=1) == 0).sum())
     if n_zero:
@@ -119,45 +273,94 @@ def transport_table(
     if center:
         covered_rows = covered_rows - covered_rows.mean(0)
     unit = torch.nn.functional.normalize(covered_rows, dim=1)
-    base_anchors = base_table.detach().float()[anchor_ids.to(base_table.device)].to(device)
-    check_finite("base_table", base_anchors, anchor_ids)
-    # Position of each vocabulary row among the anchors (-1 if not an anchor), to find "self".
+    del covered_rows
+    # Anchors are covered rows, so their (centred) unit vectors are rows of `unit`.
+    anchor_unit = unit[torch.searchsorted(row_ids, anchor_ids)]
+    # Position of each covered row among the anchors (-1 if not an anchor), to find "self".
     anchor_pos = torch.full((rows,), -1, dtype=torch.long)
     anchor_pos[anchor_ids] = torch.arange(n_anchors)
-    # Anchors are covered rows, so their (centred) unit vectors are rows of `unit`.
-    anchor_unit = unit[torch.searchsorted(row_ids, anchor_ids).to(device)]
-    row_pos = anchor_pos[row_ids].to(device)
+    own = anchor_pos[row_ids] if exclude_self else None
+    # One extra neighbour when self is to be dropped afterwards.
+    wanted = k_eff + (1 if exclude_self else 0)
 
-    batch = batch_size or max(1, min(4096, _MAX_BLOCK_ELEMENTS // n_anchors))
-    top1_sum, eff_sum = 0.0, 0.0
-    for start in range(0, row_ids.numel(), batch):
-        block = unit[start : start + batch]
-        sims = block @ anchor_unit.T
-        if exclude_self:
-            pos = row_pos[start : start + batch]
-            own = (pos >= 0).nonzero().squeeze(1)
-            sims[own, pos[own]] = float("-inf")
-        top_sims, top_idx = sims.topk(k_eff, dim=1)
-        weights = torch.softmax(top_sims / temperature, dim=1)
-        # embedding_bag sums the weighted neighbour rows without materialising (batch × k × d).
-        out[row_ids[start : start + batch].to(device)] = torch.nn.functional.embedding_bag(
-            top_idx, base_anchors, per_sample_weights=weights, mode="sum"
+    chosen = _choose_search(search, row_ids.numel(), n_anchors)
+    recall = None
+    if chosen == "faiss":
+        cosines, positions = _faiss_search(unit, anchor_unit, wanted)
+        sample = torch.randperm(row_ids.numel(), generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLE]
+        _, exact = _exact_search(unit[sample], anchor_unit, wanted, batch_size)
+        found = (positions[sample].unsqueeze(2) == exact.unsqueeze(1)).any(dim=2)
+        recall = float(found.float().mean())
+    else:
+        cosines, positions = _exact_search(unit, anchor_unit, wanted, batch_size)
+    if exclude_self:
+        cosines, positions = _drop_self(cosines, positions, own, k_eff)
+    return Neighbours(row_ids, anchor_ids[positions], cosines, n_anchors, chosen, recall)
+
+
+def faiss_available() -> bool:
+    """Whether the approximate search of the `ann` extra (faiss-cpu) is installed."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+def _choose_search(search: str, n_rows: int, n_anchors: int) -> str:
+    if search == "faiss" and not faiss_available():
+        raise ImportError("search='faiss' needs faiss-cpu: pip install 'hf-embfuse[ann]'.")
+    if search != "auto":
+        return search
+    if n_rows * n_anchors > _EXACT_UP_TO and n_anchors > 4096:
+        if faiss_available():
+            return "faiss"
+        logger.info(
+            "Exact transport over %d rows x %d anchors; pip install 'hf-embfuse[ann]' for a fast approximate search.",
+            n_rows,
+            n_anchors,
         )
-        top1_sum += float(top_sims[:, 0].sum())
-        eff_sum += float((1.0 / (weights**2).sum(dim=1)).sum())
+    return "exact"
 
-    # Anchors are covered rows, so there is at least one row here.
-    stats = TransportStats(
-        row_ids.numel(), n_anchors, k_eff, top1_sum / row_ids.numel(), eff_sum / row_ids.numel()
-    )
-    logger.info(
-        "Transported %d rows from %d anchors (k=%d, temperature=%g): mean top-1 cosine %.3f, "
-        "%.2f effective neighbours.",
-        stats.n_rows,
-        n_anchors,
-        k_eff,
-        temperature,
-        stats.mean_top1_cosine,
-        stats.mean_effective_neighbours,
-    )
-    return (out, stats) if return_stats else out
+
+def _exact_search(
+    queries: torch.Tensor, anchors: torch.Tensor, k: int, batch_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = batch_size or max(1, min(4096, _MAX_BLOCK_ELEMENTS // anchors.shape[0]))
+    cosines = torch.empty(queries.shape[0], k)
+    positions = torch.empty(queries.shape[0], k, dtype=torch.long)
+    for start in range(0, queries.shape[0], batch):
+        sims = queries[start : start + batch] @ anchors.T
+        cosines[start : start + batch], positions[start : start + batch] = sims.topk(k, dim=1)
+    return cosines, positions
+
+
+def _faiss_search(queries: torch.Tensor, anchors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner products over an inverted-file index: about 4·√n lists, 16 of them scanned per query."""
+    import faiss
+    import numpy as np
+
+    n, width = anchors.shape
+    lists = max(1, min(4096, round(4 * math.sqrt(n))))
+    quantizer = faiss.IndexFlatIP(width)
+    index = faiss.IndexIVFFlat(quantizer, width, lists, faiss.METRIC_INNER_PRODUCT)
+    points = np.ascontiguousarray(anchors.numpy(), dtype=np.float32)
+    # 40 points per list is faiss's own floor for a stable k-means; more only costs time.
+    step = max(1, n // (64 * lists))
+    index.train(points[::step])
+    index.add(points)
+    index.nprobe = min(lists, 16)
+    cosines, positions = index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), k)
+    cosines, positions = torch.from_numpy(cosines), torch.from_numpy(positions)
+    # Fewer than k anchors in the probed lists: faiss pads with -1; borrow the nearest found instead.
+    missing = positions < 0
+    if bool(missing.any()):
+        positions = torch.where(missing, positions[:, :1].clamp_min(0), positions)
+        cosines = torch.where(missing, cosines[:, :1], cosines)
+    return cosines, positions
+
+
+def _drop_self(
+    cosines: torch.Tensor, positions: torch.Tensor, own: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `k` neighbours of each row other than the row itself."""
+    is_self = positions == own.unsqueeze(1)
+    # Stable sort moves a row's own entry to the end, keeping the rest in order.
+    order = torch.sort(is_self.to(torch.int8), dim=1, stable=True).indices[:, :k]
+    return cosines.gather(1, order), positions.gather(1, order)

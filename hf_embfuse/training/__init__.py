@@ -4,14 +4,14 @@
 * `EmbFuseTrainer`: a `Trainer` with `mixer_lr` / `projection_lr` and that callback built in.
 * `create_embfuse_optimizer`: an optimizer with those learning rates, for `Trainer(optimizers=(opt, None))`.
 * `mixing_parameter_groups`: the same optimizer groups for any `torch.optim` optimizer or loop.
-* `freeze`: choose which parts train (base, source tables, projections, mixer).
+* `set_trainable`: choose which parts train (base, source tables, projections, mixer).
 * `embfuse_lora_config`: LoRA on the base's attention with the mixer in `modules_to_save`.
 * `check_config_consistency`: every rank of a distributed run built the same model.
 """
 
 from .callback import MixingWeightsCallback, mixing_statistics, plot_mixing_history
 from .distributed import check_config_consistency, embfuse_fingerprint
-from .freezing import freeze
+from .freezing import set_trainable
 from .optim import MIXER_LR_RATIO, create_embfuse_optimizer, mixing_parameter_groups
 from .peft_utils import embfuse_lora_config, find_attention_modules, infer_task_type
 from .trainer import EmbFuseTrainer
@@ -25,9 +25,9 @@ __all__ = [
     "embfuse_fingerprint",
     "embfuse_lora_config",
     "find_attention_modules",
-    "freeze",
     "infer_task_type",
     "mixing_parameter_groups",
     "mixing_statistics",
     "plot_mixing_history",
+    "set_trainable",
 ]

@@ -14,22 +14,22 @@ logger = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
-def freeze(
+def set_trainable(
     model: ModelT,
     *,
-    base: bool = False,
-    sources: bool = True,
-    projections: bool = False,
-    mixer: bool = False,
+    base: bool | None = None,
+    sources: bool | None = None,
+    projections: bool | None = None,
+    mixer: bool | None = None,
 ) -> ModelT:
-    """Set which parts of an EmbFuse model are trainable: `True` freezes a part, `False` makes it trainable.
+    """Choose which parts of an EmbFuse model train: `True` trains a part, `False` freezes it, `None` leaves it.
 
-    The defaults match a freshly built model (source tables frozen, everything else trainable).
-    `freeze(model, base=True)` trains only the mixture (mixer and projections), the cheapest way to learn
-    how much each source should count.
+    The flags mean what `config.train_sources` and `config.train_projections` mean. A freshly built model
+    trains everything but the source tables; `set_trainable(model, base=False)` then trains only the
+    mixture (mixer and projections), the cheapest way to learn how much each source should count.
 
     Args:
-        model: an EmbFuse model (not a `PeftModel`: PEFT decides trainability itself; call `freeze` before
+        model: an EmbFuse model (not a `PeftModel`: PEFT decides trainability itself; call this before
             `get_peft_model` if at all).
         base: everything outside the fused parts: the transformer, its heads, and the base model's own
             embedding table (source 0; a tied LM head shares it).
@@ -44,25 +44,33 @@ def freeze(
     """
     if hasattr(model, "peft_config"):
         raise ValueError(
-            "freeze() got a PeftModel: PEFT already froze everything but the adapter and `modules_to_save`. "
-            "Call freeze() on the EmbFuse model before `get_peft_model`, or choose `modules_to_save` instead."
+            "set_trainable() got a PeftModel: PEFT already froze everything but the adapter and "
+            "`modules_to_save`. Call set_trainable() on the EmbFuse model before `get_peft_model`, or choose "
+            "`modules_to_save` instead."
         )
     _, embedding = find_fused_embedding(model)
     split, _ = split_parameters(model)
-    for parameter in split.base + split.base_table:
-        parameter.requires_grad_(not base)
-    for parameter in split.sources:
-        parameter.requires_grad_(not sources)
-    for parameter in split.projections:
-        parameter.requires_grad_(not projections)
-    for parameter in split.mixer:
-        parameter.requires_grad_(not mixer)
+    parts = {
+        "base": (base, split.base + split.base_table),
+        "sources": (sources, split.sources),
+        "projections": (projections, split.projections),
+        "mixer": (mixer, split.mixer),
+    }
+    for name, (trains, parameters) in parts.items():
+        if trains is not None and not isinstance(trains, bool):
+            raise TypeError(
+                f"set_trainable: {name} must be True (trains), False (frozen) or None; got {trains!r}."
+            )
+        for parameter in parameters if trains is not None else []:
+            parameter.requires_grad_(trains)
     if embedding.mixer.mode == "fixed":
         embedding.mixer.logits.requires_grad_(False)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "train_sources"):
-        config.train_sources = not sources
-        config.train_projections = not projections
+        if sources is not None:
+            config.train_sources = sources
+        if projections is not None:
+            config.train_projections = projections
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))

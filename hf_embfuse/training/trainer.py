@@ -83,7 +83,7 @@ class EmbFuseTrainer(Trainer):
             opt_model,
             optimizer_cls,
             lr,
-            mixer_lr_ratio=MIXER_LR_RATIO if self.mixer_lr is None else self.mixer_lr / lr,
+            mixer_lr_ratio=MIXER_LR_RATIO if self.mixer_lr is None or lr <= 0 else self.mixer_lr / lr,
             projection_lr=self.projection_lr,
             weight_decay=self.args.weight_decay,
             decay_parameter_names=self.get_decay_parameter_names(opt_model),

@@ -184,3 +184,14 @@ def test_cli_missing_text_file_and_wrong_task(plain_folder, tmp_path, capsys, te
     assert len(err.splitlines()) == 1 and "not a causal language model" in err
     assert main(["eval", str(plain_folder), "--reference", str(plain_folder)]) == 2
     assert "--reference needs --text" in capsys.readouterr().err
+
+
+def test_dev_text_untag_rejoins_words_and_punctuation():
+    from hf_embfuse.evaluation.dev_text import dev_split, untag
+
+    tagged = "Judging/VBG from/IN the/DT Net/NN 's/POS story/NN ,/, 1/2/CD is/VBZ n't/RB 5/CD %/NN ?/."
+    assert untag(tagged) == "Judging from the Net's story, 1/2 isn't 5%?"
+    lines = [f"line {i}" for i in range(10)]
+    train, heldout = dev_split(lines, heldout=3)
+    assert len(heldout) == 3 and sorted(train + heldout) == sorted(lines)
+    assert dev_split(lines, heldout=3) == (train, heldout)  # fixed seed

@@ -5,36 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .model_names import first_hub_id, local_name
 from .modeling_embfuse import EmbFuseTask, task_of
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
-
-_HUB_ID = re.compile(
-    r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?/[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$"
-)
-_FILE_SUFFIXES = (
-    ".gguf",
-    ".npy",
-    ".npz",
-    ".txt",
-    ".vec",
-    ".bin",
-    ".parquet",
-    ".safetensors",
-    ".pt",
-    ".json",
-    ".gz",
-)
 
 
 def build_model_card(
@@ -58,7 +41,11 @@ def build_model_card(
         weights_plot (`str`, *optional*):
             Path (relative to the checkpoint) or URL of an image of the mixing weights.
         base_model_id (`str`, *optional*):
-            Hub id of the base model, when the config only knows a local path.
+            Hub id of the base model, when the config does not name one.
+
+    The base and the sources are named by their Hub id when one is known (a source's `hub_id` or `repo_id`, the
+    base's `base_model_name_or_path` or `_name_or_path`), else by their folder or file name: a card never shows a
+    local path.
 
     Returns:
         `huggingface_hub.ModelCard`: save it with `card.save(folder / "README.md")`.
@@ -69,11 +56,14 @@ def build_model_card(
         )
     sources = [dict(source) for source in config_dict.get("sources") or []]
     base_config = config_dict.get("base_config") or {}
-    base_ref = base_model_id or config_dict.get("base_model_name_or_path") or base_config.get("_name_or_path")
-
-    hub_ids = list(
-        dict.fromkeys(filter(None, [_hub_id(base_ref), *(_source_hub_id(s) for s in sources[1:])]))
+    base_refs = (base_model_id, config_dict.get("base_model_name_or_path"), base_config.get("_name_or_path"))
+    base_hub_id = first_hub_id(*base_refs)
+    base_name = base_hub_id or next(
+        (local_name(ref) for ref in base_refs if isinstance(ref, str) and ref), None
     )
+    names = [_Name(base_name, base_hub_id), *(_source_name(s, i) for i, s in enumerate(sources[1:], 1))]
+
+    hub_ids = list(dict.fromkeys(name.hub_id for name in names if name.hub_id))
     task = _task(config_dict.get("architectures") or [])
     card_data = ModelCardData(
         base_model=hub_ids or None,
@@ -95,11 +85,11 @@ def build_model_card(
         card_data,
         template_path=str(TEMPLATE_PATH),
         model_title=(repo_id.split("/")[-1] if repo_id else "EmbFuse model"),
-        base_description=_base_description(base_ref, base_config),
+        base_description=_base_description(names[0], base_config),
         num_sources=len(sources),
-        sources_table=_sources_table(sources, base_ref),
+        sources_table=_sources_table(sources, names),
         mixing_description=_mixing_description(config_dict),
-        weights_table=_weights_table(config_dict, sources, base_ref),
+        weights_table=_weights_table(config_dict, sources, names),
         weights_plot=weights_plot,
         eval_markdown=eval_markdown(eval_results) if eval_results else None,
         model_ref=model_ref,
@@ -140,25 +130,23 @@ def _task(architectures: list[str]) -> EmbFuseTask | None:
     return None
 
 
-def _hub_id(reference: Any) -> str | None:
-    """`reference` if it reads as a Hub model id (namespace/name, not a local path or a file), else None."""
-    if (
-        not isinstance(reference, str)
-        or not _HUB_ID.fullmatch(reference)
-        or "--" in reference
-        or ".." in reference
-    ):
-        return None
-    if reference.lower().endswith(_FILE_SUFFIXES) or os.path.exists(reference):
-        return None
-    return reference
+class _Name(NamedTuple):
+    """How the card names a model: a display name (never a local path) and its Hub id when known."""
+
+    text: str | None
+    hub_id: str | None
+
+    def label(self, fallback: str) -> str:
+        text = _escape(self.text or fallback)
+        return f"[{text}](https://huggingface.co/{self.hub_id})" if self.hub_id else f"`{text}`"
 
 
-def _source_hub_id(source: Mapping[str, Any]) -> str | None:
-    for key in ("repo_id", "hub_id"):  # files (GGUF, vectors) can name the Hub repo they came from
-        if _hub_id(source.get(key)):
-            return source[key]
-    return _hub_id(source.get("name")) if source.get("kind", "hf") in ("hf", "base") else None
+def _source_name(source: Mapping[str, Any], index: int) -> _Name:
+    name = source.get("name") if isinstance(source.get("name"), str) else None
+    # Files (GGUF, vectors) can name the Hub repo they came from; a checkpoint's own name may be its Hub id.
+    by_name = name if source.get("kind", "hf") in ("hf", "base") else None
+    found = first_hub_id(source.get("hub_id"), source.get("repo_id"), by_name)
+    return _Name(local_name(name) if name else found, found)
 
 
 def _license(sources: list[dict[str, Any]]) -> str | None:
@@ -177,26 +165,15 @@ def _license(sources: list[dict[str, Any]]) -> str | None:
 # -- body helpers --------------------------------------------------------------------------------------------
 
 
-def _base_description(base_ref: str | None, base_config: Mapping[str, Any]) -> str:
+def _base_description(base: _Name, base_config: Mapping[str, Any]) -> str:
     model_type = base_config.get("model_type")
     kind = f"a {model_type} model" if model_type else "a transformers model"
-    if base_ref and _hub_id(base_ref):
-        return f"{kind} based on [{base_ref}](https://huggingface.co/{base_ref})"
-    return f"{kind} based on `{base_ref}`" if base_ref else kind
+    if base.hub_id:
+        return f"{kind} based on [{base.hub_id}](https://huggingface.co/{base.hub_id})"
+    return f"{kind} based on `{_escape(base.text)}`" if base.text else kind
 
 
-def _source_name(source: Mapping[str, Any], index: int, base_ref: str | None) -> str:
-    name = source.get("name") or f"source {index}"
-    return base_ref if index == 0 and base_ref and name == "base" else name
-
-
-def _source_label(source: Mapping[str, Any], index: int, base_ref: str | None) -> str:
-    name = _source_name(source, index, base_ref)
-    hub_id = _source_hub_id({**source, "name": name}) if index else _hub_id(name)
-    return f"[{_escape(name)}](https://huggingface.co/{hub_id})" if hub_id else f"`{_escape(name)}`"
-
-
-def _sources_table(sources: list[dict[str, Any]], base_ref: str | None) -> str:
+def _sources_table(sources: list[dict[str, Any]], names: list[_Name]) -> str:
     if not sources:
         return "_The config lists no sources._"
     show_license = any(s.get("license") for s in sources)
@@ -212,18 +189,16 @@ def _sources_table(sources: list[dict[str, Any]], base_ref: str | None) -> str:
         "outcomes",
     ]
     rows = {}
-    for index, source in enumerate(sources):
+    for index, (source, name) in enumerate(zip(sources, names, strict=True)):
         alignment = source.get("alignment") or {}
         coverage = alignment.get("coverage", 1.0 if index == 0 else None)
         counts = alignment.get("counts") or {}
         row = {
-            "source": _source_label(source, index, base_ref),
+            "source": name.label(f"source {index}"),
             "kind": source.get("kind") or ("base" if index == 0 else "—"),
             "revision": f"`{source['revision'][:12]}`" if source.get("revision") else "—",
             "width": source.get("source_width", source.get("width")),
-            "projection": (source.get("projection_fit") or {}).get("method")
-            or source.get("projection")
-            or "—",
+            "projection": _initialization(source),
             "coverage": _percent(coverage),
             "content coverage": _percent(alignment.get("content_coverage", 1.0 if index == 0 else None)),
             "outcomes": ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "—",
@@ -232,6 +207,11 @@ def _sources_table(sources: list[dict[str, Any]], base_ref: str | None) -> str:
             row["license"] = source.get("license") or "—"
         rows[str(index)] = row
     return _table([*header, *(["license"] if show_license else [])], rows, digits=3)
+
+
+def _initialization(source: Mapping[str, Any]) -> str:
+    """How the source's table was mapped into the base space (format 2 stores it; format 1 only the map)."""
+    return source.get("initialization") or source.get("projection") or "—"
 
 
 def _mixing_weights(config_dict: Mapping[str, Any], num_sources: int) -> tuple[list[float] | None, str]:
@@ -262,15 +242,13 @@ def _mixing_description(config_dict: Mapping[str, Any]) -> str:
     return ", ".join(parts) + "."
 
 
-def _weights_table(
-    config_dict: Mapping[str, Any], sources: list[dict[str, Any]], base_ref: str | None
-) -> str:
+def _weights_table(config_dict: Mapping[str, Any], sources: list[dict[str, Any]], names: list[_Name]) -> str:
     weights, meaning = _mixing_weights(config_dict, len(sources))
     if weights is None:
         return "Mixing weights were not recorded in the config; `hf-embfuse inspect` computes them from the saved tensors."
     rows = {
-        str(i): {"source": _source_name(s, i, base_ref), meaning: w}
-        for i, (s, w) in enumerate(zip(sources, weights, strict=True))
+        str(i): {"source": name.text or f"source {i}", meaning: w}
+        for i, (name, w) in enumerate(zip(names, weights, strict=False))
     }
     return _table(["#", "source", meaning], rows, digits=3)
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import os
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -49,7 +55,8 @@ def example_config_dict() -> dict:
                 "kind": "hf",
                 "revision": "a" * 40,
                 "width": 576,
-                "projection": "transport",
+                "projection": "identity",
+                "initialization": "transport",
                 "alignment": alignment(20000, 0.912),
                 "license": "apache-2.0",
             },
@@ -77,7 +84,7 @@ def example_config_dict() -> dict:
         "mixing_temperature": 1.0,
         "regularizer": "anchor",
         "reg_lambda": 0.01,
-        "format_version": 1,
+        "format_version": 2,
     }
 
 
@@ -138,8 +145,9 @@ def test_sources_table():
     assert f"[{SMOL}](https://huggingface.co/{SMOL})" in rows[1] and "`aaaaaaaaaaaa`" in rows[1]
     assert "| 576 | transport | 91.2 % | 92.2 % |" in rows[1] and "exact 20,000" in rows[1]
     assert "placeholder 994" in rows[1] and "beyond_vocab" not in rows[1]  # zero counts are left out
-    assert f"[/models/SmolLM2-135M-Instruct.Q4_1.gguf](https://huggingface.co/{SMOL_GGUF})" in rows[2]
-    assert "`/data/glove_6B_50d_emb.npy`" in rows[3] and "| 50 | linear | 73.4 %" in rows[3]
+    assert f"[SmolLM2-135M-Instruct.Q4_1.gguf](https://huggingface.co/{SMOL_GGUF})" in rows[2]
+    assert "`glove_6B_50d_emb.npy`" in rows[3] and "| 50 | linear | 73.4 %" in rows[3]
+    assert "/models/" not in text and "/data/" not in text  # file sources by their file name, not their path
 
 
 @pytest.mark.parametrize(
@@ -221,10 +229,44 @@ def test_single_hub_parent_is_a_finetune_and_local_bases_are_not_listed(tmp_path
     config = example_config_dict()
     config["sources"] = config["sources"][:1] + config["sources"][3:]  # base + local GloVe
     assert _metadata(build_model_card(config))["base_model_relation"] == "finetune"
-    config["base_model_name_or_path"] = str(tmp_path)  # a local base folder
+    config["base_model_name_or_path"] = config["base_config"]["_name_or_path"] = str(
+        tmp_path
+    )  # a local folder
     metadata = _metadata(build_model_card(config))
     assert "base_model" not in metadata and "base_model_relation" not in metadata
     assert _metadata(build_model_card(config, base_model_id=BASE))["base_model"] == [BASE]
+
+
+def test_a_card_never_contains_a_local_path(tmp_path):
+    base = tmp_path / "checkpoints" / "my-minilm"
+    base.mkdir(parents=True)
+    config = example_config_dict()
+    config["base_model_name_or_path"] = config["base_config"]["_name_or_path"] = str(base)
+    config["sources"][0]["name"] = str(base)
+    config["sources"][1] = {**config["sources"][1], "name": str(tmp_path / "smollm2"), "kind": "hf"}
+    config["sources"][2]["name"] = str(tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    config["sources"][3]["name"] = "C:\\Users\\me\\glove_6B_50d_emb.npy"
+    card = str(build_model_card(config, eval_results={"accuracy": 0.8}))
+    assert str(tmp_path) not in card and "C:" not in card and "Users" not in card
+    assert "based on `my-minilm`" in card and "| 0 | `my-minilm` | base |" in card
+    assert (
+        "`smollm2`" in card
+        and "[SmolLM2-135M-Instruct.Q4_1.gguf](" in card
+        and "`glove_6B_50d_emb.npy`" in card
+    )
+    assert _metadata(build_model_card(config))["base_model"] == [SMOL_GGUF]  # the one source with a Hub id
+
+
+def test_hub_ids_come_from_the_recipe_then_the_base_config(tmp_path):
+    config = example_config_dict()
+    config["base_model_name_or_path"] = str(tmp_path)  # a local folder whose config names its Hub id
+    config["sources"][3]["hub_id"] = "stanfordnlp/glove"
+    card = build_model_card(config)
+    assert _metadata(card)["base_model"] == [BASE, SMOL, SMOL_GGUF, "stanfordnlp/glove"]
+    assert f"based on [{BASE}](https://huggingface.co/{BASE})" in card.text
+    assert "[glove_6B_50d_emb.npy](https://huggingface.co/stanfordnlp/glove)" in card.text
+    config["base_model_name_or_path"] = "org/given-in-the-recipe"
+    assert _metadata(build_model_card(config))["base_model"][0] == "org/given-in-the-recipe"
 
 
 @pytest.mark.parametrize(
@@ -244,3 +286,57 @@ def test_missing_optional_fields_still_make_a_valid_card(drop):
 def test_not_a_dict_is_refused():
     with pytest.raises(TypeError, match=r"config\.to_dict"):
         build_model_card(["not", "a", "config"])  # type: ignore[arg-type]
+
+
+# -- the demo build ------------------------------------------------------------------------------------------
+
+# An absolute POSIX or Windows path; a URL's path (after "//host") is not one.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\-])(/[\w.-]+)(?:/[\w.-]+)+|\b[A-Za-z]:\\[\w.\\-]+")
+
+
+def machine_paths_in(text: str) -> list[str]:
+    """Absolute paths in `text` that start with a folder of this machine (`/work/...`, `/tmp/...`)."""
+    return [m.group(0) for m in _ABSOLUTE_PATH.finditer(text) if m.group(1) and Path(m.group(1)).exists()]
+
+
+def test_machine_paths_are_found_and_urls_are_not(tmp_path):
+    text = f'{{"a": "{tmp_path}/x", "url": "https://huggingface.co/org/model/resolve/main/x.json"}}'
+    assert machine_paths_in(text) == [f"{tmp_path}/x"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_demo_build_names_no_path_of_the_build_machine(tmp_path):
+    from hf_embfuse.build import build_to_folder
+    from hf_embfuse.recipe import load_recipe
+
+    out = tmp_path / "fused-minilm"
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "fused_minilm.yaml")
+    build_to_folder(recipe, out)
+    texts = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        with contextlib.suppress(UnicodeDecodeError):
+            texts[path.relative_to(out).as_posix()] = path.read_text(encoding="utf-8")
+    assert {"README.md", "config.json", "embfuse_report.json", "tokenizer_config.json"} <= set(texts)
+    machine = [
+        str(tmp_path),
+        sys.prefix,
+        str(Path.home()),
+        os.getcwd(),
+        recipe.base,
+        *(s.path for s in recipe.sources),
+    ]
+    for name, text in texts.items():
+        assert machine_paths_in(text) == [], name
+        assert not [path for path in machine if path in text], name
+
+    metadata = _metadata(ModelCard.load(out / "README.md"))
+    assert metadata["base_model"] == [
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ]
+    assert metadata["base_model_relation"] == "merge"
+    config = json.loads(texts["config.json"])
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config["sources"][1]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert validate_card_metadata(texts["README.md"]) == ([], [])

@@ -16,10 +16,13 @@ from .alignment import AlignedSource, AlignmentReport, Vocabulary, align_source
 from .atomic import atomic_output_dir
 from .model_names import base_model_name, local_name
 from .modeling_embfuse import EmbFusePreTrainedModel
-from .projection import anchor_mask, fit_linear_map, transport_table
+from .projection import anchor_mask, fit_linear_map, transport_plan
 from .recipe import Recipe, SourceRecipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source
+from .sources.table import SourceTable
+from .transfer.build_steps import TargetBuild
+from .transfer.sparse_coding import sparse_coding_plan
 from .wrap import SourceSpec, from_base, task_named
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,9 @@ class FuseResult:
     reports: list[SourceReport]
     # The base's sentence-transformers modules (pooling, normalize, ...), when it is such a model.
     sentence_transformers: SentenceTransformerFiles | None = None
+    # The target vocabulary, when the model got another tokenizer (`fuse(tokenizer=...)`): what was
+    # matched, decomposed, transported and left out, per source.
+    transfer: dict[str, Any] | None = None
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write model, tokenizer, `embfuse_report.json` and the model card (`README.md`) into `folder`;
@@ -67,6 +73,8 @@ class FuseResult:
         if self.sentence_transformers is not None:
             self.sentence_transformers.write(folder)
         report = {"sources": [r.to_dict() for r in self.reports]}
+        if self.transfer is not None:
+            report["target"] = self.transfer
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         weights = self.model.get_input_embeddings().mean_mixing_weights()
         config = {**self.model.config.to_dict(), "mixing_weights": [round(float(w), 4) for w in weights]}
@@ -79,7 +87,8 @@ def fuse(
     *,
     task: str = "base",
     mixing: str = "learned",
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
     num_labels: int | None = None,
     base_weight: float = 0.5,
     show_progress: bool = False,
@@ -93,17 +102,28 @@ def fuse(
             `projection` = `"transport"` | `"linear"` | `"identity"`, `weight`, `kind`, `revision`, ...).
         task: `"base"`, `"sequence-classification"`, `"token-classification"`, `"masked-lm"`, `"causal-lm"`.
         mixing: `"fixed"`, `"learned"` or `"gated"`.
-        tokenizer: the base tokenizer; loaded from `base` when it is a path.
+        tokenizer: the target vocabulary, when the model is to get another tokenizer: a tokenizer, its folder,
+            a Hub id, a `.gguf` file, or `"source:N"` (the tokenizer of source N, 1 = the first). With
+            `added_tokens=[...]` (or `added_tokens_file=`) tokens are added to it (to the base's when `None`).
+            The saved folder then carries it, and the model's vocabulary is its own.
+        base_tokenizer: the base model's tokenizer; loaded from `base` when it is a path.
         num_labels: for classification tasks.
         base_weight: initial mixing weight of the base's own table; the sources share the rest.
         show_progress: progress bars while reading and aligning.
         **options: the other recipe fields (`mixing_temperature`, `regularizer`, `reg_lambda`,
-            `train_sources`, `train_projections`, `source_dtype`, `seed`).
+            `train_sources`, `train_projections`, `source_dtype`, `seed`; for a target vocabulary
+            `added_tokens`, `added_tokens_file`, `min_overlap`, `allow_low_overlap`, `output_head`,
+            `input_pieces`, `output_pieces`).
 
     Returns:
         A `FuseResult` with the model, the tokenizer and one `SourceReport` per source.
     """
     base_path = base if isinstance(base, str) else (base.name_or_path or "base")
+    target_object = None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        options["tokenizer"] = os.fspath(tokenizer)
+    else:
+        target_object = tokenizer
     recipe = Recipe(
         base=base_path,
         task=task,
@@ -116,7 +136,8 @@ def fuse(
     return fuse_recipe(
         recipe,
         base_model=None if isinstance(base, str) else base,
-        tokenizer=tokenizer,
+        base_tokenizer=base_tokenizer,
+        target_tokenizer=target_object,
         show_progress=show_progress,
     )
 
@@ -133,40 +154,46 @@ def fuse_recipe(
     recipe: Recipe,
     *,
     base_model: PreTrainedModel | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
+    target_tokenizer: PreTrainedTokenizerBase | None = None,
     show_progress: bool = False,
 ) -> FuseResult:
-    """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs)."""
+    """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs); `target_tokenizer` overrides `recipe.tokenizer`."""
     torch.manual_seed(recipe.seed)
     task = task_named(recipe.task)
     # A model passed in is read for its modules from where it was loaded, if anywhere.
     base_location = recipe.base if base_model is None else base_model.name_or_path
     modules = read_sentence_transformers_files(base_location) if base_location else None
+    tokenizer = base_tokenizer
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
         kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
         base_model = _without_remote_code(task.auto_class.from_pretrained, recipe.base, **kwargs)
-    base_table = base_model.get_input_embeddings().weight.detach().float()
-    num_rows = base_table.shape[0]
-    special = torch.zeros(num_rows, dtype=torch.bool)
-    special[[i for i in tokenizer.all_special_ids if i < num_rows]] = True
+    transfer, rows_tokenizer = None, tokenizer
+    if recipe.transfers_vocabulary or target_tokenizer is not None:
+        # The rows are the target's: the base's own table is aligned onto them as source 0.
+        transfer = TargetBuild.start(
+            recipe, base_model, tokenizer, target_tokenizer, lambda i: _read(recipe.sources[i]), show_progress
+        )
+        rows_tokenizer, base_vocabulary = transfer.target.tokenizer, transfer.base.vocabulary
+        base_table, special = transfer.base.table, transfer.base.special
+        num_rows = transfer.base.num_rows
+    else:
+        base_table = base_model.get_input_embeddings().weight.detach().float()
+        num_rows = base_table.shape[0]
+        special = torch.zeros(num_rows, dtype=torch.bool)
+        special[[i for i in tokenizer.all_special_ids if i < num_rows]] = True
+        base_vocabulary = Vocabulary.from_tokenizer(tokenizer)  # read once, used for every source
 
     specs, reports = [], []
-    base_vocabulary = Vocabulary.from_tokenizer(tokenizer)  # read once, used for every source
-    for source in _progress(recipe.sources, "reading and aligning sources", show_progress):
-        table = read_source(
-            source.path,
-            kind=source.kind,
-            revision=source.revision,
-            allow_pickle=source.allow_pickle,
-            trust_remote_code=source.trust_remote_code,
-            vocab_path=source.vocab_path,
-        )
+    weights = recipe.initial_weights()
+    for index, source in enumerate(_progress(recipe.sources, "reading and aligning sources", show_progress)):
+        table = transfer.pre_read.pop(index) if transfer and index in transfer.pre_read else _read(source)
         # Names travel with the checkpoint (config, report, card): never this machine's path.
         table.name = source.name or local_name(table.name)
         aligned = align_source(
-            tokenizer,
+            rows_tokenizer,
             table,
             num_rows=num_rows,
             decompose=source.decompose,
@@ -179,13 +206,25 @@ def fuse_recipe(
         # The raw table and the source tokenizer are not needed past alignment, and for a large vocabulary
         # they are most of the memory (Gemma: 671 MB + ~320 MB): drop them before the projection's own peak.
         del table
-        spec, projection_report = _project(source, read, aligned, base_table, special, recipe.seed)
+        source_anchors = None if transfer is None else transfer.anchors_for(aligned)
+        output_table = None if transfer is None else transfer.output_table
+        spec, projection_report, output_rows = _project(
+            source, read, aligned, base_table, special, recipe.seed, source_anchors, output_table
+        )
+        if transfer is not None:
+            transported = projection_report.get("rows") if source.projection in ("transport", "omp") else None
+            transfer.add_donor(read.name, spec, aligned, weights[index + 1], output_rows, transported)
         specs.append(spec)
         reports.append(SourceReport(read.name, read.kind, read.width, aligned.report, projection_report))
         logger.info("%s", aligned.report)
 
     base_name = base_model_name(recipe.base, recipe.base_hub_id)  # a Hub id or a folder name, not a path
     base_model.name_or_path = base_model.config.name_or_path = base_name
+    base_coverage, base_info = None, None
+    if transfer is not None:
+        base_coverage = transfer.install(base_model, weights[0])
+        base_info = {"target": transfer.target.to_dict(), "alignment": transfer.base.aligned.report.to_dict()}
+        tokenizer = transfer.target.tokenizer
     model = from_base(
         base_model,
         specs,
@@ -199,8 +238,21 @@ def fuse_recipe(
         train_projections=recipe.train_projections,
         source_dtype=recipe.source_dtype,
         base_model_name_or_path=base_name,
+        base_coverage=base_coverage,
+        base_info=base_info,
     )
-    return FuseResult(model, tokenizer, reports, modules)
+    return FuseResult(model, tokenizer, reports, modules, None if transfer is None else transfer.report())
+
+
+def _read(source: SourceRecipe) -> SourceTable:
+    return read_source(
+        source.path,
+        kind=source.kind,
+        revision=source.revision,
+        allow_pickle=source.allow_pickle,
+        trust_remote_code=source.trust_remote_code,
+        vocab_path=source.vocab_path,
+    )
 
 
 def _without_remote_code(load: Any, base: str, **kwargs: Any) -> Any:
@@ -234,11 +286,18 @@ def _project(
     base_table: torch.Tensor,
     special: torch.Tensor,
     seed: int,
-) -> tuple[SourceSpec, dict[str, Any]]:
-    """Map the aligned rows into the base space as the recipe asks; return the spec and what was measured."""
+    anchors: torch.Tensor | None = None,
+    output_table: torch.Tensor | None = None,
+) -> tuple[SourceSpec, dict[str, Any], torch.Tensor | None]:
+    """Map the aligned rows into the base space as the recipe asks.
+
+    Returns the spec, what was measured, and (when `output_table` is given: the base's LM head on the same
+    rows) the rows carried into the base's output space by the same transport, else `None`.
+    """
     # Anchors: rows matched to one source row by their text. Decomposed rows are averages of pieces
-    # (poor anchors: measured 0.48 vs 0.56 held-out cosine for SmolLM2) and specials carry roles.
-    anchors = anchor_mask(aligned.anchor_mask, exclude=special)
+    # (poor anchors: measured 0.48 vs 0.56 held-out cosine for SmolLM2) and specials carry roles. On a
+    # target vocabulary they must be base rows matched one to one as well (`anchors`).
+    anchors = anchor_mask(aligned.anchor_mask if anchors is None else anchors, exclude=special)
     info = {
         "name": table.name,
         "kind": table.kind,
@@ -251,7 +310,7 @@ def _project(
         spec = SourceSpec(
             aligned.table, aligned.coverage, projection="identity", initialization="identity", info=info
         )
-        return spec, {"method": "identity"}
+        return spec, {"method": "identity"}, None
     if source.projection == "linear":
         linear = fit_linear_map(aligned.table, base_table, anchors, seed=seed)
         fit = {"method": linear.method, "anchors": linear.n_anchors, "heldout_cosine": linear.heldout_cosine}
@@ -265,23 +324,34 @@ def _project(
             initialization="linear",
             info=info,
         )
-        return spec, fit
-    transported = transport_table(
-        aligned.table,
-        aligned.coverage,
-        base_table,
-        anchors,
-        k=source.transport_k,
-        temperature=source.transport_temperature,
-    )
-    report = {"method": "transport", "k": source.transport_k, "temperature": source.transport_temperature}
+        return spec, fit, None
+    if source.projection == "omp":
+        plan = sparse_coding_plan(
+            aligned.table, aligned.coverage, anchors, k=source.transport_k, search="auto"
+        )
+        report = {"method": "omp", "k": source.transport_k}
+    else:
+        plan = transport_plan(
+            aligned.table,
+            aligned.coverage,
+            anchors,
+            k=source.transport_k,
+            temperature=source.transport_temperature,
+            search="auto",
+        )
+        report = {"method": "transport", "k": source.transport_k, "temperature": source.transport_temperature}
+    transported = plan.apply(base_table)
+    output_rows = None if output_table is None else plan.apply(output_table)
+    report.update(rows=plan.stats.n_rows, anchors=plan.stats.n_anchors, search=plan.stats.search)
+    if plan.stats.recall is not None:
+        report["search_recall"] = round(plan.stats.recall, 4)
     # For comparison only: how far a linear map gets, fitted on a sample of anchors to stay cheap.
     report["linear_heldout_cosine"] = _linear_comparison(aligned.table, base_table, anchors, seed)
     info["projection_fit"] = report
     spec = SourceSpec(
         transported, aligned.coverage, projection="identity", initialization="transport", info=info
     )
-    return spec, report
+    return spec, report, output_rows
 
 
 def _linear_comparison(

@@ -109,9 +109,13 @@ class Recipe(_Strict):
         description="Target vocabulary: a tokenizer folder, Hub id or .gguf file, or `source:N` (the tokenizer "
         "of source N, 1 = the first in `sources`); the base's own when left out.",
     )
-    added_tokens: list[str | AddedTokenRecipe] | str = Field(
+    added_tokens: list[AddedTokenRecipe] = Field(
         default_factory=list,
-        description="Tokens added to the target: a list, or a file with one per line (`TOKEN` or `TOKEN<TAB>ROLE`).",
+        description="Tokens added to the target: `TOKEN`, or `{content, role}` for a special one.",
+    )
+    added_tokens_file: str | None = Field(
+        None,
+        description="A UTF-8 file of tokens to add, one per line: `TOKEN`, or `TOKEN<TAB>ROLE` for a special one.",
     )
     min_overlap: float = Field(
         0.01, ge=0, le=1, description="Least share of target tokens the base must have."
@@ -122,6 +126,14 @@ class Recipe(_Strict):
     )
     input_pieces: PieceRule = Field("mean", description="How the base's pieces make a new input row.")
     output_pieces: PieceRule = Field("first", description="How the base's pieces make a new output row.")
+
+    @field_validator("added_tokens", mode="before")
+    @classmethod
+    def _added_tokens(cls, value: Any) -> Any:
+        # A bare string is a plain token: `- "photosynthesis"`.
+        if isinstance(value, list):
+            return [{"content": item} if isinstance(item, str) else item for item in value]
+        return value
 
     @field_validator("tokenizer")
     @classmethod
@@ -170,7 +182,7 @@ class Recipe(_Strict):
     @property
     def transfers_vocabulary(self) -> bool:
         """Whether the model's vocabulary is a target tokenizer's rather than the base's own."""
-        return self.tokenizer is not None or bool(self.added_tokens)
+        return self.tokenizer is not None or bool(self.added_tokens) or self.added_tokens_file is not None
 
     def initial_weights(self) -> list[float]:
         """Initial mixing weights, base first; sources share `1 - base_weight` unless given."""
@@ -223,8 +235,8 @@ def parse_recipe(data: Any, relative_to: Path | None = None) -> Recipe:
     update: dict[str, Any] = {"base": resolve_path(recipe.base, relative_to), "sources": vocab}
     if recipe.tokenizer is not None and recipe.target_source is None:
         update["tokenizer"] = resolve_path(recipe.tokenizer, relative_to)
-    if isinstance(recipe.added_tokens, str):
-        update["added_tokens"] = resolve_path(recipe.added_tokens, relative_to)
+    if recipe.added_tokens_file is not None:
+        update["added_tokens_file"] = resolve_path(recipe.added_tokens_file, relative_to)
     return recipe.model_copy(update=update)
 
 

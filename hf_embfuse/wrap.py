@@ -83,6 +83,8 @@ def from_base(
     task: str | None = None,
     mixing: str = "learned",
     base_model_kwargs: dict[str, Any] | None = None,
+    base_coverage: torch.Tensor | None = None,
+    base_info: dict[str, Any] | None = None,
     **config_kwargs: Any,
 ) -> EmbFusePreTrainedModel:
     """Wrap a base model (or load it from `base_model_or_path`) and mix in already-aligned `sources`.
@@ -97,6 +99,9 @@ def from_base(
             (`"base"` for a path).
         mixing: `"fixed"`, `"learned"` or `"gated"`.
         base_model_kwargs: passed to the Auto class's `from_pretrained` when loading from a path.
+        base_coverage: `(V,)` bool, the rows the base's own table has (all when `None`); a vocabulary transfer
+            masks the rows the base lacks, so the mixture takes them from the sources.
+        base_info: provenance kept in the config's entry for the base (e.g. its alignment onto a target).
         **config_kwargs: go to `EmbFuseConfig` (`fixed_weights`, `mixing_temperature`, `regularizer`,
             `reg_lambda`, ...).
     """
@@ -119,8 +124,11 @@ def from_base(
             "width": int(width),
             "projection": "identity",
             "initialization": "identity",
+            **(base_info or {}),
         }
     ]
+    if base_coverage is not None and tuple(base_coverage.shape) != (num_rows,):
+        raise ValueError(f"`base_coverage` must have shape ({num_rows},), got {tuple(base_coverage.shape)}.")
     for index, spec in enumerate(sources, start=1):
         _validate_source(index, spec, num_rows, width)
         projection = spec.projection
@@ -146,7 +154,7 @@ def from_base(
     for module in base.modules():
         module._is_hf_initialized = True
     model = wrapper_class(chosen)(config, base_model=base)
-    _load_sources(model.get_input_embeddings(), sources)
+    _load_sources(model.get_input_embeddings(), sources, base_coverage)
     return model.to(old.weight.device)
 
 
@@ -182,8 +190,12 @@ def _validate_source(index: int, spec: SourceSpec, num_rows: int, width: int) ->
 
 
 @torch.no_grad()
-def _load_sources(embedding: MultiSourceEmbedding, sources: list[SourceSpec]) -> None:
+def _load_sources(
+    embedding: MultiSourceEmbedding, sources: list[SourceSpec], base_coverage: torch.Tensor | None = None
+) -> None:
     device = embedding.weight.device
+    if base_coverage is not None:
+        embedding.coverage[:, 0] = base_coverage.to(device=device, dtype=torch.bool)
     for index, spec in enumerate(sources, start=1):
         table = embedding.source_tables[index - 1]
         table.data = spec.table.detach().to(device=device, dtype=table.dtype, copy=True)

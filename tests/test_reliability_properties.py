@@ -165,7 +165,7 @@ def test_alignment_and_fusion_invariants(base_family, source_family, data):
     recipe = {"path": "generated", "projection": projection, "allow_low_coverage": True, "transport_k": 3}
     with mock.patch("hf_embfuse.build.read_source", return_value=source):
         try:
-            model = hf_embfuse.fuse(base, [recipe], tokenizer=base_tokenizer, mixing=mixing).model
+            model = hf_embfuse.fuse(base, [recipe], base_tokenizer=base_tokenizer, mixing=mixing).model
         except ValueError as error:
             # The one refusal allowed: fewer than two distinct source rows matched one to one, so no
             # map can be fit (e.g. "a" and "A" both matched by case-folding to the one source row "a").

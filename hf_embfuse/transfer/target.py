@@ -75,7 +75,8 @@ def load_target_tokenizer(spec: str | os.PathLike) -> Any:
 def resolve_target(
     tokenizer: Any,
     base_tokenizer: Any,
-    added_tokens: list | str | os.PathLike = (),
+    added_tokens: list = (),
+    added_tokens_file: str | os.PathLike | None = None,
     *,
     source_tokenizers: dict[int, Any] | None = None,
 ) -> Target:
@@ -84,7 +85,8 @@ def resolve_target(
     Args:
         tokenizer: the target; `None` for the base tokenizer.
         base_tokenizer: the base model's tokenizer.
-        added_tokens: tokens to add (strings, `AddedTokenRecipe`s), or a file with one per line.
+        added_tokens: tokens to add (strings, `AddedTokenRecipe`s).
+        added_tokens_file: a file of tokens to add, one per line (`TOKEN` or `TOKEN<TAB>ROLE`).
         source_tokenizers: source number (1 = the first source) -> its tokenizer, for `source:N`.
     """
     if tokenizer is None:
@@ -104,7 +106,9 @@ def resolve_target(
                 f"`tokenizer` must be a tokenizer, a path, a Hub id or 'source:N'; got {type(tokenizer).__name__}."
             )
         name, loaded = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, tokenizer
-    entries = read_added_tokens(added_tokens) if added_tokens else []
+    entries = read_added_tokens(list(added_tokens))
+    if added_tokens_file is not None:
+        entries += read_added_tokens(added_tokens_file)
     if not entries:
         return Target(loaded, name)
     target = copy.deepcopy(loaded)  # never add to the caller's (or the base's) tokenizer

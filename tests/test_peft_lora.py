@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import hf_embfuse
 from hf_embfuse.modeling_embfuse import TASKS
 from hf_embfuse.training import embfuse_lora_config, find_attention_modules, infer_task_type
-from tests.fixtures_models import random_sources, tiny_base, tiny_fused
+from tests.fixtures_models import HIDDEN, VOCAB, random_sources, tiny_base, tiny_fused
 
 # Big enough that a source table (V × 16 floats = 32 KiB) dwarfs a rank-4 adapter of a hidden-32 model.
 VOCAB_BIG = 512
@@ -209,3 +209,113 @@ def test_readme_lora_snippet_runs_and_calls_nothing_deprecated(tmp_path, monkeyp
     assert type(namespace["merged"]).__name__ == "EmbFuseForSequenceClassification"
     with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as handle:
         assert any(key.endswith(".classifier.weight") for key in handle.keys())  # noqa: SIM118
+
+
+# The head PEFT must train, per task type: (PEFT task type, architecture, task, head). GPT-2's LM head is
+# tied to the base table (source 0); Llama's is its own.
+HEAD_CASES = [
+    ("SEQ_CLS", "bert", "sequence-classification", "classifier"),
+    ("TOKEN_CLS", "bert", "token-classification", "classifier"),
+    ("CAUSAL_LM", "llama", "causal-lm", "lm_head"),
+    ("CAUSAL_LM", "gpt2", "causal-lm", "lm_head"),
+]
+HEAD_IDS = [f"{task_type}-{arch}" for task_type, arch, _, _ in HEAD_CASES]
+
+
+class HeadTask(torch.utils.data.Dataset):
+    """TinyTask's ids with labels of the task's shape: one per sequence, one per token, or the ids (LM)."""
+
+    def __init__(self, task):
+        from tests.fixtures_training import TinyTask
+
+        tiny = TinyTask(size=32)
+        self.input_ids = tiny.input_ids
+        self.labels = {
+            "sequence-classification": tiny.labels,
+            "token-classification": (tiny.input_ids > VOCAB // 2).long(),
+            "causal-lm": tiny.input_ids,
+        }[task]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+
+
+def peft_with_head(arch, task, head):
+    fused = tiny_fused(arch, task)
+    config = embfuse_lora_config(fused, r=4, modules_to_save=[head])
+    peft_model = get_peft_model(fused, config)
+    wrappers = [
+        module
+        for name, module in peft_model.named_modules()
+        if type(module).__name__ == "ModulesToSaveWrapper" and name.split(".")[-1] == head
+    ]
+    assert len(wrappers) == 1, f"PEFT did not wrap exactly one {head}"
+    return peft_model, wrappers[0]
+
+
+@pytest.mark.parametrize(("task_type", "arch", "task", "head"), HEAD_CASES, ids=HEAD_IDS)
+def test_the_heads_trainable_copy_gets_a_gradient(task_type, arch, task, head):
+    peft_model, wrapper = peft_with_head(arch, task, head)
+    assert peft_model.peft_config["default"].task_type == task_type
+    batch = HeadTask(task)[:4]
+    peft_model.train()(**batch).loss.backward()
+    copy = wrapper.modules_to_save["default"]
+    assert copy.weight.requires_grad and copy.weight.grad is not None
+    assert torch.count_nonzero(copy.weight.grad) > 0
+    assert wrapper.original_module.weight.grad is None  # the frozen original is not what ran
+
+
+@pytest.mark.parametrize(("task_type", "arch", "task", "head"), HEAD_CASES, ids=HEAD_IDS)
+def test_the_head_trains_is_saved_and_merges_to_the_trained_logits(tmp_path, task_type, arch, task, head):
+    from transformers import Trainer
+
+    from tests.fixtures_training import tiny_training_args
+
+    peft_model, wrapper = peft_with_head(arch, task, head)
+    copy = wrapper.modules_to_save["default"]
+    before = copy.weight.detach().clone()
+    args = tiny_training_args(tmp_path / "run", steps=20, learning_rate=1e-2, logging_steps=20)
+    Trainer(model=peft_model, args=args, train_dataset=HeadTask(task)).train()
+    trained = copy.weight.detach().clone()
+    assert not torch.allclose(trained, before), f"{head} did not move in 20 Trainer steps"
+
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as handle:
+        saved = [key for key in handle.keys() if key.endswith(f".{head}.weight")]  # noqa: SIM118
+        assert len(saved) == 1 and torch.equal(handle.get_tensor(saved[0]), trained)
+
+    x = HeadTask(task).input_ids[:3]
+    expected = logits(peft_model.eval(), x)
+    fresh = tiny_fused(arch, task)  # the same seeded model the adapter was trained on
+    merged = PeftModel.from_pretrained(fresh, tmp_path / "adapter").merge_and_unload()
+    assert type(merged).__name__ == type(fresh).__name__
+    assert torch.allclose(logits(merged.eval(), x), expected, atol=1e-5, rtol=0)
+    assert torch.equal(getattr(merged, head).weight, trained)
+
+
+@pytest.mark.parametrize(
+    ("arch", "task", "head"),
+    [
+        ("bert", "sequence-classification", "classifier"),
+        ("bert", "token-classification", "classifier"),
+        ("llama", "causal-lm", "lm_head"),
+    ],
+)
+def test_a_head_assigned_on_the_wrapper_is_the_one_the_forward_pass_uses(arch, task, head):
+    model = tiny_fused(arch, task)
+    x = ids(batch=2, length=5) % VOCAB
+    old = logits(model, x)
+    new = torch.nn.Linear(HIDDEN, old.shape[-1])
+    setattr(model, head, new)
+    assert getattr(model, head) is new
+    with torch.no_grad():
+        new.weight.zero_()
+        new.bias.copy_(torch.arange(old.shape[-1], dtype=torch.float32))
+    assert torch.equal(logits(model, x), new.bias.expand_as(old))  # only the new head's bias is left
+    with torch.no_grad():
+        new.weight.normal_()
+    changed = logits(model, x)
+    assert not torch.allclose(changed, new.bias.expand_as(old)) and not torch.allclose(changed, old)

@@ -1,0 +1,101 @@
+"""The heal of examples/transplant.py moves only what it is told to train; every other parameter is bit-identical."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_embfuse.wrap import from_base
+from tests.fixtures_models import random_sources, tiny_base
+from tests.fixtures_tokenizers import make_bpe_tokenizer
+
+spec = importlib.util.spec_from_file_location(
+    "transplant_example", Path(__file__).parents[1] / "examples" / "transplant.py"
+)
+transplant = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(transplant)
+
+LINES = ["the cat walked to Paris.", "hello New York", "the dog is happy", "a café in Paris", "the cat"] * 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_bpe_tokenizer()
+
+
+def fused_model(tokenizer, mixing="learned"):
+    base = tiny_base("llama", "causal-lm", vocab_size=len(tokenizer))
+    kwargs = {"fixed_weights": [0.5, 0.25, 0.25]} if mixing == "fixed" else {}
+    return from_base(base, random_sources(len(tokenizer)), task="causal-lm", mixing=mixing, **kwargs)
+
+
+def run_heal(model, tokenizer, tmp_path, **kwargs):
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    healed, curve = transplant.heal(
+        model,
+        tokenizer,
+        LINES,
+        LINES[:3],
+        out_dir=tmp_path,
+        minutes=None,
+        max_steps=3,
+        learning_rate=1e-2,
+        batch_size=4,
+        eval_every=0,
+        show_progress=False,
+        **kwargs,
+    )
+    after = dict(healed.named_parameters())
+    assert set(after) == set(before)
+    changed = {name for name, p in after.items() if not torch.equal(p.detach(), before[name])}
+    assert [point["step"] for point in curve] == [0, 3]
+    assert curve[-1]["bits_per_byte"] != curve[0]["bits_per_byte"]
+    return changed
+
+
+def test_embedding_heal_of_a_fused_model_moves_only_the_fused_embedding(tokenizer, tmp_path):
+    model = fused_model(tokenizer)
+    model.config.train_sources = True
+    changed = run_heal(model, tokenizer, tmp_path)
+    embedding = {
+        f"model.model.embed_tokens.{name}" for name, _ in model.get_input_embeddings().named_parameters()
+    }
+    assert changed <= embedding | {"model.lm_head.weight"}  # the tiny Llama's head is untied
+    # the base table, each source table, a projection and the mixer all moved
+    assert {
+        "model.model.embed_tokens.weight",
+        "model.model.embed_tokens.source_tables.0",
+        "model.model.embed_tokens.source_tables.1",
+        "model.model.embed_tokens.projections.0.weight",
+        "model.model.embed_tokens.mixer.logits",
+    } <= changed
+
+
+def test_mixer_heal_moves_only_mixer_and_projections(tokenizer, tmp_path):
+    changed = run_heal(fused_model(tokenizer), tokenizer, tmp_path, train="mixer")
+    assert changed
+    assert all(".mixer." in name or ".projections." in name for name in changed), changed
+
+
+def test_lora_heal_changes_attention_and_embedding_only(tokenizer, tmp_path):
+    changed = run_heal(fused_model(tokenizer, mixing="fixed"), tokenizer, tmp_path, lora=True)
+    attention = {name for name in changed if ".self_attn." in name}
+    assert attention  # the merged adapters
+    assert all(".self_attn." in name or ".embed_tokens." in name or "lm_head" in name for name in changed), (
+        changed
+    )
+    assert not any(".mlp." in name or "norm" in name for name in changed)
+
+
+def test_plain_model_heal_moves_only_embedding_and_head(tokenizer, tmp_path):
+    model = tiny_base("llama", "causal-lm", vocab_size=len(tokenizer))
+    changed = run_heal(model, tokenizer, tmp_path)
+    assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_mixer_heal_needs_a_fused_model(tokenizer):
+    with pytest.raises(ValueError, match="needs an EmbFuse model"):
+        transplant.prepare_for_heal(tiny_base("llama", "causal-lm", vocab_size=len(tokenizer)), "mixer")

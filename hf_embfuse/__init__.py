@@ -48,7 +48,7 @@ _register()
 _LAZY: dict[str, tuple[str, str | None]] = {
     "bake": ("bake", None),
     "bake_to_folder": ("bake", "bake_to_folder"),
-    "load_embfuse_folder": ("bake", "load_embfuse_folder"),
+    "load_embfuse_folder": ("checkpoint_folder", "load_embfuse_folder"),
     "SourceSpec": ("wrap", "SourceSpec"),
     "from_base": ("wrap", "from_base"),
     "fuse": ("build", "fuse"),
@@ -62,8 +62,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from . import bake
     from .alignment import align_source
-    from .bake import bake_to_folder, load_embfuse_folder
+    from .bake import bake_to_folder
     from .build import FuseResult, fuse
+    from .checkpoint_folder import load_embfuse_folder
     from .hub import push_to_hub
     from .recipe import load_recipe
     from .sources import read_source

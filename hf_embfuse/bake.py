@@ -23,8 +23,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
-from .checkpoint_folder import read_checkpoint_config
-from .modeling_embfuse import EmbFuseTask, task_of
+from .checkpoint_folder import checkpoint_task, load_embfuse_folder, read_checkpoint_config
+from .modeling_embfuse import task_of
 from .sentence_transformers import copy_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+_NOT_EMBFUSE_HINT = "A plain checkpoint needs no baking."
 # Submodules and buffers of MultiSourceEmbedding that exist only to compute the mixture.
 _FUSED_PARTS = ("source_tables.", "projections.", "mixer.", "coverage")
 
@@ -147,29 +148,6 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
     return baked.train(model.training)
 
 
-def load_embfuse_folder(folder: str | os.PathLike) -> PreTrainedModel:
-    """Load an EmbFuse checkpoint folder with this package's classes, after checking it is one.
-
-    Raises:
-        FileNotFoundError: the folder, its `config.json` or its weights are missing.
-        ValueError: the folder is not an EmbFuse checkpoint (a plain model, a PEFT adapter, ...).
-    """
-    from .wrap import wrapper_class
-
-    folder = Path(folder)
-    return wrapper_class(_check_embfuse_folder(folder)).from_pretrained(folder, dtype="auto")
-
-
-def _check_embfuse_folder(folder: Path) -> EmbFuseTask:
-    """Validate `folder` as an EmbFuse checkpoint; return the task whose wrapper loads it."""
-    config = read_checkpoint_config(folder, not_embfuse_hint="A plain checkpoint needs no baking.")
-    wrapper = (config.get("architectures") or ["EmbFuseModel"])[0]
-    try:
-        return task_of(wrapper)
-    except ValueError as error:
-        raise ValueError(f"{str(folder)!r} names architecture {error}") from None
-
-
 def bake_to_folder(
     src_dir_or_model: str | os.PathLike | PreTrainedModel,
     out_dir: str | os.PathLike,
@@ -199,7 +177,7 @@ def bake_to_folder(
     source_folder = None
     if isinstance(src_dir_or_model, (str, os.PathLike)):
         source_folder = Path(src_dir_or_model)
-        _check_embfuse_folder(source_folder)
+        checkpoint_task(source_folder, read_checkpoint_config(source_folder, _NOT_EMBFUSE_HINT))
         if out_dir.resolve() == source_folder.resolve():
             raise ValueError(
                 f"The output folder {str(out_dir)!r} is the EmbFuse checkpoint being baked; choose another --out."
@@ -213,7 +191,11 @@ def bake_to_folder(
         raise OutputExistsError(
             f"Output folder {str(out_dir)!r} already exists; pass --overwrite to replace it."
         )
-    model = load_embfuse_folder(source_folder) if source_folder is not None else src_dir_or_model
+    model = (
+        load_embfuse_folder(source_folder, _NOT_EMBFUSE_HINT)
+        if source_folder is not None
+        else src_dir_or_model
+    )
     baked = bake(model)
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
         baked.save_pretrained(staging)
@@ -257,7 +239,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=bake_command)
 
 
-__all__ = ["add_command", "bake", "bake_command", "bake_to_folder", "load_embfuse_folder"]
+__all__ = ["add_command", "bake", "bake_command", "bake_to_folder"]
 
 
 class _CallableModule(types.ModuleType):

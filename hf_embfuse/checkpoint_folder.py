@@ -1,14 +1,22 @@
-"""Is this folder a saved EmbFuse checkpoint? One check, shared by `inspect`, `bake` and `push`."""
+"""An EmbFuse checkpoint folder: the check (is this one?), loading, content hash and mean mixing weights.
+
+One module serves every command that reads a saved checkpoint (`inspect`, `bake`, `push`, `eval`) and
+`hf_embfuse.load_embfuse_folder`, so they accept and refuse the same folders with the same words.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel
+
 from .configuration_embfuse import EmbFuseConfig
+from .modeling_embfuse import EmbFuseTask, task_of
 
 EXPECTED = "a folder written by hf-embfuse (config.json with model_type 'embfuse', and the model weights)"
 # What `save_pretrained` writes for the weights: one file, shards with their index, or pickles.
@@ -65,3 +73,72 @@ def read_checkpoint_config(folder: str | os.PathLike, not_embfuse_hint: str = ""
     if not any(is_weights_file(path.name) for path in folder.iterdir()):
         raise FileNotFoundError(f"{str(folder)!r} has a config.json but no weights; expected {EXPECTED}.")
     return config
+
+
+def checkpoint_task(folder: str | os.PathLike, config: dict[str, Any]) -> EmbFuseTask:
+    """The task whose wrapper loads the checkpoint, from its config's `architectures`."""
+    wrapper = (config.get("architectures") or ["EmbFuseModel"])[0]
+    try:
+        return task_of(wrapper)
+    except ValueError as error:
+        raise ValueError(f"{str(folder)!r} names architecture {error}") from None
+
+
+def load_embfuse_folder(folder: str | os.PathLike, not_embfuse_hint: str = "") -> PreTrainedModel:
+    """Load an EmbFuse checkpoint folder with this package's wrapper classes, after checking it is one.
+
+    Args:
+        folder: the checkpoint folder.
+        not_embfuse_hint: what to suggest when the folder holds another model type.
+
+    Raises:
+        FileNotFoundError: the folder, its `config.json` or its weights are missing.
+        ValueError: the folder is not an EmbFuse checkpoint (a plain model, a PEFT adapter, ...).
+    """
+    from .wrap import wrapper_class
+
+    folder = Path(folder)
+    task = checkpoint_task(folder, read_checkpoint_config(folder, not_embfuse_hint))
+    return wrapper_class(task).from_pretrained(folder, dtype="auto")
+
+
+def content_hash(folder: str | os.PathLike) -> str:
+    """SHA-256 over the weights files of a checkpoint (names and bytes), for reproducibility checks."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def mean_mixing_weights(folder: str | os.PathLike, config: EmbFuseConfig | None = None) -> list[float] | None:
+    """Mean mixing weight per source (base first, 4 decimals), from the saved embedding module alone.
+
+    Reads only the fused embedding's tensors, never the whole model. `None` when the weights do not hold
+    exactly one fused embedding.
+    """
+    from safetensors import safe_open
+
+    from .modeling_embfuse import MultiSourceEmbedding
+
+    folder = Path(folder)
+    config = config if config is not None else EmbFuseConfig.from_pretrained(folder)
+    keys = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            keys.update(dict.fromkeys(handle.keys(), path))
+    coverage_keys = [key for key in keys if key.endswith(".coverage")]
+    if len(coverage_keys) != 1:
+        return None
+    prefix = coverage_keys[0][: -len("coverage")]
+    state = {}
+    for key, path in keys.items():
+        if key.startswith(prefix):
+            with safe_open(path, "pt") as handle:
+                state[key[len(prefix) :]] = handle.get_tensor(key)
+    num_rows, width = state["weight"].shape
+    embedding = MultiSourceEmbedding(config, num_rows, width)
+    embedding.load_state_dict(state, strict=False)
+    return [round(float(weight), 4) for weight in embedding.mean_mixing_weights()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -86,22 +85,10 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def content_hash(folder: Path) -> str:
-    """SHA-256 over the weights files of a checkpoint (names and bytes), for reproducibility checks."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from .inspection import describe_checkpoint, format_description
 
     description = describe_checkpoint(Path(args.folder))
-    description["content_hash"] = content_hash(Path(args.folder))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
 

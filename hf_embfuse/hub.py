@@ -24,7 +24,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpoint_folder import is_weights_file, read_checkpoint_config
+from .checkpoint_folder import is_weights_file, mean_mixing_weights, read_checkpoint_config
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _card(
 
     config = dict(config)
     if config.get("mixing_weights") is None:
-        config["mixing_weights"] = _mean_mixing_weights(folder)
+        config["mixing_weights"] = mean_mixing_weights(folder)
     card = build_model_card(
         config,
         repo_id=repo_id,
@@ -249,19 +249,6 @@ def _card(
         base_model_id=base_model_id,
     )
     return str(card)
-
-
-def _mean_mixing_weights(folder: Path) -> list[float] | None:
-    """Mean mixing weight per source from the saved tensors, for the card (None when it cannot be computed)."""
-    from .configuration_embfuse import EmbFuseConfig
-    from .inspection import mixing_weights_from_checkpoint
-
-    try:
-        weights = mixing_weights_from_checkpoint(folder, EmbFuseConfig.from_pretrained(folder))
-    except Exception as error:  # the card is still useful without the weights table
-        logger.warning("Mixing weights left out of the model card: %s", error)
-        return None
-    return None if weights is None else [round(float(w), 4) for w in weights]
 
 
 # -- the Hub -------------------------------------------------------------------------------------------------

@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoint_folder import read_checkpoint_config
+from .checkpoint_folder import content_hash, mean_mixing_weights, read_checkpoint_config
 from .configuration_embfuse import EmbFuseConfig
 
 
 def describe_checkpoint(folder: Path) -> dict[str, Any]:
-    """Read the config and the few small tensors needed to report on a checkpoint (never the whole model)."""
+    """Read the config and the few small tensors needed to report on a checkpoint (never the whole model).
+
+    Each source is described by its stored `projection` (the map applied at run time) and `initialization`
+    (how its table and map were made: `identity`, `linear` or `transport`), not re-derived from provenance.
+    """
     read_checkpoint_config(folder)
     config = EmbFuseConfig.from_pretrained(folder)
-    weights = mixing_weights_from_checkpoint(folder, config)
+    weights = mean_mixing_weights(folder, config)
     sources = []
     for index, source in enumerate(config.sources):
         alignment = source.get("alignment") or {}
@@ -26,10 +28,11 @@ def describe_checkpoint(folder: Path) -> dict[str, Any]:
                 "kind": source.get("kind"),
                 "revision": source.get("revision"),
                 "width": source.get("source_width", source["width"]),
-                "projection": (source.get("projection_fit") or {}).get("method", source["projection"]),
+                "projection": source["projection"],  # the map applied at run time
+                "initialization": source.get("initialization", source["projection"]),  # how it was made
                 "coverage": alignment.get("coverage", 1.0 if index == 0 else None),
                 "outcomes": alignment.get("counts", {}),
-                "mean_weight": None if weights is None else round(float(weights[index]), 4),
+                "mean_weight": None if weights is None else weights[index],
             }
         )
     return {
@@ -40,33 +43,8 @@ def describe_checkpoint(folder: Path) -> dict[str, Any]:
         "mixing": config.mixing,
         "format_version": config.format_version,
         "sources": sources,
+        "content_hash": content_hash(folder),
     }
-
-
-def mixing_weights_from_checkpoint(folder: Path, config: EmbFuseConfig) -> torch.Tensor | None:
-    """Mean mixing weight per source, computed from the saved embedding module alone."""
-    from safetensors import safe_open
-
-    from .modeling_embfuse import MultiSourceEmbedding
-
-    files = sorted(folder.glob("*.safetensors"))
-    keys = {}
-    for path in files:
-        with safe_open(path, "pt") as handle:
-            keys.update(dict.fromkeys(handle.keys(), path))
-    coverage_keys = [key for key in keys if key.endswith(".coverage")]
-    if len(coverage_keys) != 1:
-        return None
-    prefix = coverage_keys[0][: -len("coverage")]
-    state = {}
-    for key, path in keys.items():
-        if key.startswith(prefix):
-            with safe_open(path, "pt") as handle:
-                state[key[len(prefix) :]] = handle.get_tensor(key)
-    num_rows, width = state["weight"].shape
-    embedding = MultiSourceEmbedding(config, num_rows, width)
-    embedding.load_state_dict(state, strict=False)
-    return embedding.mean_mixing_weights()
 
 
 def format_description(description: dict[str, Any]) -> str:
@@ -77,7 +55,7 @@ def format_description(description: dict[str, Any]) -> str:
         f"format v{description['format_version']}",
         "",
     ]
-    header = ("#", "source", "kind", "width", "projection", "coverage", "mean weight")
+    header = ("#", "source", "kind", "width", "initialization", "coverage", "mean weight")
     rows = [header]
     for s in description["sources"]:
         coverage = "-" if s["coverage"] is None else f"{100 * s['coverage']:.1f}%"
@@ -88,7 +66,7 @@ def format_description(description: dict[str, Any]) -> str:
                 str(s["name"]),
                 str(s["kind"]),
                 str(s["width"]),
-                s["projection"],
+                s["initialization"],
                 coverage,
                 weight,
             )

@@ -11,7 +11,13 @@ from hf_embfuse.evaluation.command import write_json_atomic
 from tests.fixtures_models import tiny_base, tiny_fused
 from tests.test_evaluation_fused import PAIRS, make_tokenizer
 
-ROWS = ["fused (learned)", "random-0 (linear)", "random-1 (identity)", "average baseline", "concat baseline"]
+ROWS = [
+    "fused (learned)",
+    "random-0 (identity)",
+    "random-1 (identity)",
+    "average baseline",
+    "concat baseline",
+]
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_rows_fused_base_each_source_and_baselines(tokenizer):
     assert table.tables == [
         "fused (learned)",
         f"{base_name} (base)",
-        "random-0 (linear)",
+        "random-0 (identity)",  # initialised identity-like (no fitted map), as the config records
         "random-1 (identity)",
         "average baseline",
         "concat baseline",
@@ -98,7 +98,7 @@ def test_unknown_words_counted_per_source(tokenizer):
         name: per_table["toy"]
         for name, per_table in evaluate_fused(model, tokenizer, DATASETS).results.items()
     }
-    first, second = results["random-0 (linear)"], results["random-1 (identity)"]
+    first, second = results["random-0 (identity)"], results["random-1 (identity)"]
     assert (first.n_unknown_words, first.unknown_words) == (1, ["tiger"])
     assert first.n_unknown_pairs == 2 and first.n_used == 8
     assert sorted(second.unknown_words) == ["sun", "sunlight", "tree"]
@@ -121,7 +121,7 @@ def test_single_source_rows_use_projected_covered_rows(tokenizer):
     expected = evaluate_wordsim(
         source @ projection.weight.T + projection.bias, tokenizer, PAIRS, coverage=embedding.coverage[:, 1]
     )
-    actual = evaluate_fused(model, tokenizer, DATASETS).results["random-0 (linear)"]["toy"]
+    actual = evaluate_fused(model, tokenizer, DATASETS).results["random-0 (identity)"]["toy"]
     assert actual.spearman == pytest.approx(expected.spearman, abs=1e-9)
     assert actual.unknown_words == ["moon"]
     raw = evaluate_wordsim(source, tokenizer, PAIRS, coverage=embedding.coverage[:, 1])
@@ -168,7 +168,7 @@ def test_table_names_are_short_and_unique(tmp_path):
     config = model.config
     config.sources[0]["name"] = str(tmp_path / "pkg" / "model")
     config.sources[2]["name"] = "random-0"
-    config.sources[2]["projection_fit"] = {"method": "linear"}
+    config.sources[1]["initialization"] = config.sources[2]["initialization"] = "linear"
     assert table_names(config) == [
         "pkg/model (base)",
         "random-0 (linear)",

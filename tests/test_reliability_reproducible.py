@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from hf_embfuse.cli import content_hash, main
+from hf_embfuse.checkpoint_folder import content_hash
+from hf_embfuse.cli import main
 from tests.reliability_helpers import cli_env, file_hashes, run_cli, tiny_recipe
 
 pytestmark = pytest.mark.timeout(300)

@@ -22,7 +22,8 @@ import yaml
 from transformers import AutoModelForSequenceClassification
 
 import hf_embfuse
-from hf_embfuse.cli import content_hash, main
+from hf_embfuse.checkpoint_folder import content_hash
+from hf_embfuse.cli import main
 from tests.fixtures_sources import save_tiny_checkpoint
 from tests.reliability_helpers import GLOVE_WORDS, tiny_recipe
 

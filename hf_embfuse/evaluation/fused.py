@@ -57,14 +57,14 @@ def display_name(name: str | None, fallback: str) -> str:
 
 
 def table_names(config: Any) -> list[str]:
-    """Row labels of `evaluate_fused`, base first, made unique: `"<base> (base)"`, `"<source> (<projection>)"`."""
+    """Row labels of `evaluate_fused`, base first, made unique: `"<base> (base)"`, `"<source> (<initialization>)"`."""
     names = []
     for index, source in enumerate(config.sources):
         name = display_name(source.get("name"), f"source {index}")
         if index == 0:
             names.append(f"{name} (base)")
             continue
-        method = (source.get("projection_fit") or {}).get("method", source.get("projection"))
+        method = source.get("initialization", source.get("projection"))  # how the table was made
         names.append(f"{name} ({method})" if method else name)
     seen: dict[str, int] = {}
     unique = []

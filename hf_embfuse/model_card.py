@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .model_names import first_hub_id, local_name
 from .modeling_embfuse import EmbFuseTask, task_of
@@ -18,11 +20,14 @@ from .modeling_embfuse import EmbFuseTask, task_of
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+# `hf-embfuse eval DIR --out DIR/embfuse_eval.json` leaves its results here for the card.
+EVAL_FILE = "embfuse_eval.json"
 
 
 def build_model_card(
     config_dict: dict[str, Any],
     *,
+    folder: str | os.PathLike | None = None,
     repo_id: str | None = None,
     eval_results: dict[str, Any] | None = None,
     weights_plot: str | None = None,
@@ -33,10 +38,14 @@ def build_model_card(
     Args:
         config_dict (`dict`):
             The EmbFuse config as a dict (`config.to_dict()`); missing optional fields are left out of the card.
+        folder (`str` or `os.PathLike`, *optional*):
+            The checkpoint folder the card describes: its `embfuse_eval.json` (from `hf-embfuse eval --out`) and
+            `mixing_weights.png` (from training) are used when the arguments below do not give them.
         repo_id (`str`, *optional*):
             Where the model is published; used in the title and the loading snippet.
         eval_results (`dict`, *optional*):
-            Results to show as a table: `ComparisonTable.to_dict()`, or `{row: {column: value}}`, or
+            Results to show as a table: the JSON `hf-embfuse eval --out` writes (`ComparisonTable.to_dict()`; the
+            fused table's row also goes into the `model-index` metadata), or `{row: {column: value}}`, or
             `{metric: value}`.
         weights_plot (`str`, *optional*):
             Path (relative to the checkpoint) or URL of an image of the mixing weights.
@@ -54,6 +63,11 @@ def build_model_card(
         raise TypeError(
             f"`config_dict` must be a dict (pass `config.to_dict()`), got {type(config_dict).__name__}."
         )
+    if folder is not None:
+        from .training.callback import PLOT_FILE  # what training writes beside the checkpoint
+
+        eval_results = eval_results if eval_results is not None else _read_eval_results(Path(folder))
+        weights_plot = weights_plot or (PLOT_FILE if (Path(folder) / PLOT_FILE).is_file() else None)
     sources = [dict(source) for source in config_dict.get("sources") or []]
     base_config = config_dict.get("base_config") or {}
     base_refs = (base_model_id, config_dict.get("base_model_name_or_path"), base_config.get("_name_or_path"))
@@ -65,6 +79,8 @@ def build_model_card(
 
     hub_ids = list(dict.fromkeys(name.hub_id for name in names if name.hub_id))
     task = _task(config_dict.get("architectures") or [])
+    title = repo_id.split("/")[-1] if repo_id else "EmbFuse model"
+    model_index = _model_index(eval_results) if eval_results else []
     card_data = ModelCardData(
         base_model=hub_ids or None,
         # The Hub knows four relations; several parents make a merge, a single parent with extra tables is
@@ -78,13 +94,15 @@ def build_model_card(
             "fused-embeddings",
             *([base_config["model_type"]] if base_config.get("model_type") else []),
         ],
+        model_name=title if model_index else None,
+        eval_results=model_index or None,
     )
     model_ref = repo_id or "path/to/checkpoint"
     auto_class = task.auto_class.__name__ if task else None
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_title=(repo_id.split("/")[-1] if repo_id else "EmbFuse model"),
+        model_title=title,
         base_description=_base_description(names[0], base_config),
         num_sources=len(sources),
         sources_table=_sources_table(sources, names),
@@ -111,7 +129,11 @@ def eval_markdown(eval_results: Mapping[str, Any], digits: int = 3) -> str:
             }
             for name, entry in eval_results["tables"].items()
         }
-        title = f"Metric: {eval_results.get('metric', 'score')}.\n\n"
+        title = (
+            f"Metric: {eval_results.get('metric', 'score')}. Word similarity of the fused input table, of each "
+            "source's table alone and of simple baselines (`hf-embfuse eval`); the fused row is also in the "
+            "`model-index` metadata.\n\n"
+        )
         return title + _table(["table", *_columns(rows)], rows, digits)
     rows = {
         name: value if isinstance(value, Mapping) else {"value": value}
@@ -121,6 +143,55 @@ def eval_markdown(eval_results: Mapping[str, Any], digits: int = 3) -> str:
 
 
 # -- metadata helpers ----------------------------------------------------------------------------------------
+
+
+def _read_eval_results(folder: Path) -> dict[str, Any] | None:
+    path = folder / EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({error}); write it again with `hf-embfuse eval --out` or delete it."
+        ) from None
+    if not isinstance(results, dict):
+        raise ValueError(
+            f"{str(path)!r} holds a {type(results).__name__}, not the results `hf-embfuse eval --out` writes."
+        )
+    return results
+
+
+def _model_index(eval_results: Mapping[str, Any]) -> list[EvalResult]:
+    """The fused table's scores from `hf-embfuse eval` results (one table: that one), as `model-index` entries.
+
+    Only the model's own row goes into the metadata; the sources and baselines stay in the card's table.
+    """
+    tables = eval_results.get("tables")
+    if not isinstance(tables, Mapping) or not tables:
+        return []
+    own = [name for name in tables if str(name).startswith("fused")] or (
+        list(tables) if len(tables) == 1 else []
+    )
+    if not own or not isinstance(tables[own[0]], Mapping):
+        return []
+    metric = str(eval_results.get("metric") or "spearman")
+    results = []
+    for dataset, result in (tables[own[0]].get("datasets") or {}).items():
+        value = result.get(metric) if isinstance(result, Mapping) else result
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            results.append(
+                EvalResult(
+                    task_type="feature-extraction",
+                    task_name="Word similarity of the input embedding",
+                    dataset_type=str(dataset),
+                    dataset_name=str(dataset),
+                    metric_type=metric,
+                    metric_name="Spearman's ρ" if metric == "spearman" else metric,
+                    metric_value=round(float(value), 4),
+                )
+            )
+    return results
 
 
 def _task(architectures: list[str]) -> EmbFuseTask | None:
@@ -288,4 +359,4 @@ def _escape(text: str) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", text.replace("\n", " "))
 
 
-__all__ = ["TEMPLATE_PATH", "build_model_card", "eval_markdown"]
+__all__ = ["EVAL_FILE", "TEMPLATE_PATH", "build_model_card", "eval_markdown"]

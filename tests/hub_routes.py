@@ -430,9 +430,41 @@ def validate_card_metadata(content: str) -> tuple[list[str], list[str]]:
             errors.append(f'"base_model_relation" must be one of {", ".join(BASE_MODEL_RELATIONS)}')
         if base_models is None:
             errors.append('"base_model_relation" needs "base_model"')
-    if "model-index" in metadata and not isinstance(metadata["model-index"], list):
-        errors.append('"model-index" must be a list')
+    if "model-index" in metadata:
+        errors.extend(_model_index_errors(metadata["model-index"]))
     return errors, []
+
+
+def _model_index_errors(model_index: Any) -> list[str]:
+    """The Hub's shape of `model-index`: models with a name and results of a task, a dataset and metrics."""
+    if not isinstance(model_index, list):
+        return ['"model-index" must be a list']
+    errors = []
+    for i, model in enumerate(model_index):
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            errors.append(f'"model-index[{i}].name" must be a string')
+            continue
+        for j, result in enumerate(model.get("results") or []):
+            where = f"model-index[{i}].results[{j}]"
+            task, dataset = (result or {}).get("task"), (result or {}).get("dataset")
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                errors.append(f'"{where}.task.type" must be a string')
+            if not isinstance(dataset, dict) or not all(
+                isinstance(dataset.get(k), str) for k in ("name", "type")
+            ):
+                errors.append(f'"{where}.dataset" needs a string "name" and "type"')
+            metrics = (result or {}).get("metrics")
+            if not isinstance(metrics, list) or not metrics:
+                errors.append(f'"{where}.metrics" must be a non-empty list')
+                continue
+            for metric in metrics:
+                if (
+                    not isinstance(metric, dict)
+                    or not isinstance(metric.get("type"), str)
+                    or "value" not in metric
+                ):
+                    errors.append(f'"{where}.metrics" entries need a string "type" and a "value"')
+    return errors
 
 
 __all__ = ["ROUTES", "Call", "Response", "front_matter", "handle", "validate_card_metadata"]

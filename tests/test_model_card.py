@@ -199,6 +199,59 @@ def test_evaluation_section_only_when_given():
     assert "## Evaluation" not in build_model_card(example_config_dict()).text
 
 
+EVAL_OUT = {  # what `hf-embfuse eval --out` writes (evaluation/command.py)
+    "checkpoint": "/home/builder/outputs/fused-minilm",
+    "word_prefix": "",
+    "metric": "spearman",
+    "tables": {
+        "fused (learned)": {"mean": 0.61, "datasets": {"WS353": {"spearman": 0.7412, "n_pairs": 353},
+                                                      "SimLex999": {"spearman": 0.4788, "n_pairs": 999}}},
+        "all-MiniLM-L6-v2 (base)": {"mean": 0.6, "datasets": {"WS353": {"spearman": 0.746},
+                                                              "SimLex999": {"spearman": 0.463}}},
+    },
+}  # fmt: skip
+
+
+def test_eval_results_become_a_table_and_model_index(hub_client):
+    card = build_model_card(example_config_dict(), repo_id="test-user/fused-minilm", eval_results=EVAL_OUT)
+    assert "| fused (learned) | 0.741 | 0.479 | 0.610 |" in card.text
+    assert "| all-MiniLM-L6-v2 (base) | 0.746 | 0.463 | 0.600 |" in card.text
+    assert "/home/builder" not in str(card)  # the checkpoint's path in the results is not shown
+    (entry,) = _metadata(card)["model-index"]
+    assert entry["name"] == "fused-minilm"
+    scores = {r["dataset"]["name"]: r["metrics"][0] for r in entry["results"]}
+    assert scores == {
+        "WS353": {"type": "spearman", "value": 0.7412, "name": "Spearman's ρ"},
+        "SimLex999": {"type": "spearman", "value": 0.4788, "name": "Spearman's ρ"},
+    }  # the model's own row only, not the base's
+    assert {r["task"]["type"] for r in entry["results"]} == {"feature-extraction"}
+    assert validate_card_metadata(str(card)) == ([], [])
+    card.validate()  # the local Hub's validate-yaml route
+    [result] = ModelCard(str(card)).data.eval_results[:1]
+    assert result.metric_value == 0.7412 and result.dataset_name == "WS353"
+
+
+def test_results_and_plot_in_the_folder_are_found(tmp_path):
+    assert "## Evaluation" not in build_model_card(example_config_dict(), folder=tmp_path).text
+    (tmp_path / "embfuse_eval.json").write_text(json.dumps(EVAL_OUT))
+    (tmp_path / "mixing_weights.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    card = build_model_card(example_config_dict(), folder=tmp_path)
+    assert "## Evaluation" in card.text and "| fused (learned) | 0.741 |" in card.text
+    assert "![Mixing weights during training](mixing_weights.png)" in card.text
+    assert len(_metadata(card)["model-index"][0]["results"]) == 2
+    given = build_model_card(example_config_dict(), folder=tmp_path, eval_results={"accuracy": 0.9})
+    assert "| accuracy | 0.900 |" in given.text and "model-index" not in _metadata(given)  # arguments win
+    (tmp_path / "embfuse_eval.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"embfuse_eval\.json' is not valid JSON"):
+        build_model_card(example_config_dict(), folder=tmp_path)
+
+
+def test_a_malformed_model_index_is_refused_by_the_local_hub():
+    card = str(build_model_card(example_config_dict(), repo_id="u/m", eval_results=EVAL_OUT))
+    broken = card.replace("    - type: spearman\n", "    - kind: spearman\n")
+    assert any("metrics" in error for error in validate_card_metadata(broken)[0])
+
+
 @pytest.mark.parametrize(
     ("results", "lines"),
     [

@@ -17,9 +17,10 @@ from .atomic import atomic_output_dir
 from .model_names import base_model_name, local_name
 from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import anchor_mask, fit_linear_map, transport_plan
-from .recipe import Recipe, SourceRecipe
+from .recipe import Recipe, SourceRecipe, validate_recipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source
+from .sources._checkpoint import require_path_or_repo_id
 from .sources.table import SourceTable
 from .transfer.build_steps import TargetBuild
 from .transfer.sparse_coding import sparse_coding_plan
@@ -78,11 +79,12 @@ class FuseResult:
         (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         weights = self.model.get_input_embeddings().mean_mixing_weights()
         config = {**self.model.config.to_dict(), "mixing_weights": [round(float(w), 4) for w in weights]}
-        build_model_card(config).save(Path(folder) / "README.md")
+        # The folder tells the card what else it holds (sentence-transformers modules, a plot, eval results).
+        build_model_card(config, folder=folder).save(Path(folder) / "README.md")
 
 
 def fuse(
-    base: str | PreTrainedModel,
+    base: str | os.PathLike | PreTrainedModel,
     sources: list[str | dict[str, Any] | SourceRecipe],
     *,
     task: str = "base",
@@ -118,36 +120,45 @@ def fuse(
     Returns:
         A `FuseResult` with the model, the tokenizer and one `SourceReport` per source.
     """
-    base_path = base if isinstance(base, str) else (base.name_or_path or "base")
+    if isinstance(base, PreTrainedModel):
+        base_model, base_path = base, base.name_or_path or "base"
+    elif isinstance(base, (str, os.PathLike)):
+        base_model, base_path = None, os.fspath(base)
+    else:
+        raise ValueError(
+            f"`base` must be a folder, a Hub id or a transformers model; got {type(base).__name__}."
+        )
     target_object = None
     if isinstance(tokenizer, (str, os.PathLike)):
         options["tokenizer"] = os.fspath(tokenizer)
     else:
         target_object = tokenizer
-    recipe = Recipe(
-        base=base_path,
-        task=task,
-        num_labels=num_labels,
-        sources=[_as_source_recipe(s) for s in sources],
-        mixing=mixing,
-        base_weight=base_weight,
+    arguments = {
+        "base": base_path,
+        "task": task,
+        "num_labels": num_labels,
+        "sources": [_as_source_recipe(s) for s in sources],
+        "mixing": mixing,
+        "base_weight": base_weight,
         **options,
-    )
+    }
+    recipe = validate_recipe(arguments, what="fuse() arguments")
     return fuse_recipe(
         recipe,
-        base_model=None if isinstance(base, str) else base,
+        base_model=base_model,
         base_tokenizer=base_tokenizer,
         target_tokenizer=target_object,
         show_progress=show_progress,
     )
 
 
-def _as_source_recipe(source: str | dict[str, Any] | SourceRecipe) -> SourceRecipe:
-    if isinstance(source, SourceRecipe):
-        return source
+def _as_source_recipe(
+    source: str | os.PathLike | dict[str, Any] | SourceRecipe,
+) -> dict[str, Any] | SourceRecipe:
+    """A source as `Recipe` validates it (a bare path is `{"path": ...}`), so errors name `sources.N.key`."""
     if isinstance(source, (str, os.PathLike)):
-        return SourceRecipe(path=str(source))
-    return SourceRecipe(**source)
+        return {"path": os.fspath(source)}
+    return source
 
 
 def fuse_recipe(
@@ -161,6 +172,8 @@ def fuse_recipe(
     """`fuse` for a validated `Recipe` (what `hf-embfuse build` runs); `target_tokenizer` overrides `recipe.tokenizer`."""
     torch.manual_seed(recipe.seed)
     task = task_named(recipe.task)
+    if base_model is None:
+        require_path_or_repo_id(recipe.base)  # the sources' message, not a Hub id validation error
     # A model passed in is read for its modules from where it was loaded, if anywhere.
     base_location = recipe.base if base_model is None else base_model.name_or_path
     modules = read_sentence_transformers_files(base_location) if base_location else None
@@ -260,6 +273,14 @@ def _without_remote_code(load: Any, base: str, **kwargs: Any) -> Any:
     never stop to ask (transformers prompts on a terminal when the argument is left unset)."""
     try:
         return load(base, trust_remote_code=False, **kwargs)
+    except OSError as error:
+        if Path(base).expanduser().exists():
+            raise
+        # Not a local path: transformers tried it as a Hub id (offline, not cached, or no such repo).
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"No such file or folder: {base!r}, and no Hub repo of that id could be loaded ({reason})"
+        ) from None
     except ValueError as error:
         if "trust_remote_code" not in str(error) and "custom code" not in str(error):
             raise

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .model_names import first_hub_id, local_name
 from .modeling_embfuse import EmbFuseTask, task_of
+from .sentence_transformers import MODULES_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def build_model_card(
     eval_results: dict[str, Any] | None = None,
     weights_plot: str | None = None,
     base_model_id: str | None = None,
+    sentence_transformers: bool | None = None,
 ) -> ModelCard:
     """Build the model card of a fused checkpoint from its config.
 
@@ -39,8 +41,9 @@ def build_model_card(
         config_dict (`dict`):
             The EmbFuse config as a dict (`config.to_dict()`); missing optional fields are left out of the card.
         folder (`str` or `os.PathLike`, *optional*):
-            The checkpoint folder the card describes: its `embfuse_eval.json` (from `hf-embfuse eval --out`) and
-            `mixing_weights.png` (from training) are used when the arguments below do not give them.
+            The checkpoint folder the card describes: its `embfuse_eval.json` (from `hf-embfuse eval --out`),
+            `mixing_weights.png` (from training) and `modules.json` (a sentence-transformers model) are used when
+            the arguments below do not say otherwise.
         repo_id (`str`, *optional*):
             Where the model is published; used in the title and the loading snippet.
         eval_results (`dict`, *optional*):
@@ -51,6 +54,10 @@ def build_model_card(
             Path (relative to the checkpoint) or URL of an image of the mixing weights.
         base_model_id (`str`, *optional*):
             Hub id of the base model, when the config does not name one.
+        sentence_transformers (`bool`, *optional*):
+            Whether the checkpoint is also a sentence-transformers model (its modules beside it): the card then
+            says `library_name: sentence-transformers`, `pipeline_tag: sentence-similarity` and shows how to load
+            it with `SentenceTransformer`. By default: whether `folder` holds `modules.json`.
 
     The base and the sources are named by their Hub id when one is known (a source's `hub_id` or `repo_id`, the
     base's `base_model_name_or_path` or `_name_or_path`), else by their folder or file name: a card never shows a
@@ -68,6 +75,8 @@ def build_model_card(
 
         eval_results = eval_results if eval_results is not None else _read_eval_results(Path(folder))
         weights_plot = weights_plot or (PLOT_FILE if (Path(folder) / PLOT_FILE).is_file() else None)
+        if sentence_transformers is None:
+            sentence_transformers = (Path(folder) / MODULES_FILE).is_file()
     sources = [dict(source) for source in config_dict.get("sources") or []]
     base_config = config_dict.get("base_config") or {}
     base_refs = (base_model_id, config_dict.get("base_model_name_or_path"), base_config.get("_name_or_path"))
@@ -86,12 +95,13 @@ def build_model_card(
         # The Hub knows four relations; several parents make a merge, a single parent with extra tables is
         # closest to a fine-tune of it.
         base_model_relation=("merge" if len(hub_ids) > 1 else "finetune") if hub_ids else None,
-        library_name="transformers",
-        pipeline_tag=task.pipeline_tag if task else None,
+        library_name="sentence-transformers" if sentence_transformers else "transformers",
+        pipeline_tag="sentence-similarity" if sentence_transformers else task.pipeline_tag if task else None,
         license=_license(sources),
         tags=[
             "embfuse",
             "fused-embeddings",
+            *(["sentence-transformers", "feature-extraction"] if sentence_transformers else []),
             *([base_config["model_type"]] if base_config.get("model_type") else []),
         ],
         model_name=title if model_index else None,
@@ -111,6 +121,7 @@ def build_model_card(
         weights_plot=weights_plot,
         eval_markdown=eval_markdown(eval_results) if eval_results else None,
         model_ref=model_ref,
+        sentence_transformers=bool(sentence_transformers),
         auto_imports=", ".join(dict.fromkeys(["AutoModel", *([auto_class] if auto_class else [])])),
         task_auto_class=auto_class if auto_class not in (None, "AutoModel") else None,
         base_type=base_config.get("model_type") or "base-architecture",

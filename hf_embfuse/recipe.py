@@ -30,6 +30,17 @@ class RecipeError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_as_strings(cls, data: Any) -> Any:
+        # Every path field is a string (a Hub id is one too); a `pathlib.Path` given for one is its string.
+        if isinstance(data, dict):
+            return {
+                key: os.fspath(value) if isinstance(value, os.PathLike) else value
+                for key, value in data.items()
+            }
+        return data
+
 
 class SourceRecipe(_Strict):
     """One source: an HF checkpoint (folder or Hub id), a GGUF file, or a static word-vector file."""
@@ -214,19 +225,25 @@ def resolve_path(path: str, relative_to: Path | None = None) -> str:
     return path
 
 
-def parse_recipe(data: Any, relative_to: Path | None = None) -> Recipe:
-    """Validate a recipe given as a mapping; errors name the key, e.g. `sources.1.projection`."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"A recipe must be a mapping of keys to values, got {type(data).__name__}.")
+def validate_recipe(data: dict[str, Any], what: str = "recipe") -> Recipe:
+    """`Recipe.model_validate(data)`, with errors that name each key (`sources.1.projection: ...`) instead
+    of pydantic's traceback; `what` names the input in the message (`recipe`, `fuse() arguments`)."""
     try:
-        recipe = Recipe.model_validate(data)
+        return Recipe.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"]) or "(recipe)"
             message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
             problems.append(f"  {key}: {message}")
-        raise RecipeError("Invalid recipe:\n" + "\n".join(problems)) from None
+        raise RecipeError(f"Invalid {what}:\n" + "\n".join(problems)) from None
+
+
+def parse_recipe(data: Any, relative_to: Path | None = None) -> Recipe:
+    """Validate a recipe given as a mapping; errors name the key, e.g. `sources.1.projection`."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"A recipe must be a mapping of keys to values, got {type(data).__name__}.")
+    recipe = validate_recipe(data)
     sources = [s.model_copy(update={"path": resolve_path(s.path, relative_to)}) for s in recipe.sources]
     vocab = [
         s.model_copy(update={"vocab_path": resolve_path(s.vocab_path, relative_to)}) if s.vocab_path else s

@@ -107,6 +107,9 @@ def from_base(
     """
     base = base_model_or_path
     if isinstance(base, (str, os.PathLike)):
+        from .sources._checkpoint import require_path_or_repo_id  # here: `import hf_embfuse` stays light
+
+        require_path_or_repo_id(base)
         chosen = task_named(task or "base")
         base = chosen.auto_class.from_pretrained(os.fspath(base), **(base_model_kwargs or {}))
     if not isinstance(base, PreTrainedModel):

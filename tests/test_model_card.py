@@ -252,6 +252,29 @@ def test_a_malformed_model_index_is_refused_by_the_local_hub():
     assert any("metrics" in error for error in validate_card_metadata(broken)[0])
 
 
+def test_a_folder_with_sentence_transformers_modules_gets_a_sentence_transformers_card(tmp_path):
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    plain = build_model_card(example_config_dict(), folder=tmp_path, repo_id="u/m")
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    card = build_model_card(example_config_dict(), folder=tmp_path, repo_id="u/m")
+    metadata = _metadata(card)
+    assert metadata["library_name"] == "sentence-transformers"
+    assert metadata["pipeline_tag"] == "sentence-similarity"
+    assert "sentence-transformers" in metadata["tags"]
+    assert 'SentenceTransformer("u/m", trust_remote_code=True)' in card.text and "model.encode(" in card.text
+    assert 'AutoModel.from_pretrained("u/m", trust_remote_code=True)' in card.text  # transformers still works
+    assert validate_card_metadata(str(card)) == ([], [])
+    assert _metadata(plain)["library_name"] == "transformers" and "SentenceTransformer" not in plain.text
+    forced = build_model_card(example_config_dict(), folder=tmp_path, sentence_transformers=False)
+    assert _metadata(forced)["library_name"] == "transformers"
+    assert _metadata(build_model_card(example_config_dict(), sentence_transformers=True))["library_name"] == (
+        "sentence-transformers"
+    )
+
+
 @pytest.mark.parametrize(
     ("results", "lines"),
     [
@@ -389,6 +412,9 @@ def test_demo_build_names_no_path_of_the_build_machine(tmp_path):
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     ]
     assert metadata["base_model_relation"] == "merge"
+    # MiniLM is a sentence-transformers model, and so is the fused folder (its modules are kept).
+    assert "modules.json" in texts and metadata["library_name"] == "sentence-transformers"
+    assert metadata["pipeline_tag"] == "sentence-similarity"
     config = json.loads(texts["config.json"])
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert config["sources"][1]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -117,3 +117,84 @@ def test_statistics_match_the_model_and_subsampling_stays_close(mixing):
     )
     sampled = mixing_statistics(model, max_tokens=50)
     assert torch.allclose(torch.tensor(sampled["mean"]), torch.tensor(stats["mean"]), atol=0.15)
+
+
+def name_sources(model, *names):
+    for entry, name in zip(model.config.sources, names, strict=True):
+        entry["name"] = name
+    return model
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (
+            (
+                "/home/someone/models/all-MiniLM-L6-v2/",
+                "sentence-transformers/all-mpnet-base-v2",
+                "/data/_glove.txt",
+            ),
+            ["all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2", "glove.txt"],
+        ),
+        (("./minilm", "C:\\models\\minilm", "word vectors.vec"), ["minilm", "minilm-1", "word_vectors.vec"]),
+        (("", "_", "BertModel"), ["base", "source1", "BertModel"]),
+    ],
+)
+def test_source_names_are_readable_and_never_start_with_an_underscore(names, expected):
+    model = name_sources(tiny_fused("bert"), *names)
+    assert source_names(model, 3) == expected
+
+
+def test_the_plot_legend_names_every_source_the_base_included(tmp_path):
+    from hf_embfuse.training import mixing_history_figure
+
+    model = name_sources(
+        tiny_fused("bert", "sequence-classification"),
+        str(tmp_path / "base-model"),
+        "org/source-a",
+        "/x/_source b",
+    )
+    trainer = Trainer(
+        model=model,
+        args=tiny_training_args(tmp_path),
+        train_dataset=TinyTask(),
+        callbacks=[MixingWeightsCallback()],
+    )
+    trainer.train()
+    history = json.loads((tmp_path / "mixing_weights.json").read_text())
+    legend = [text.get_text() for text in mixing_history_figure(history).axes[0].get_legend().get_texts()]
+    assert legend == history["sources"] == ["base-model", "org/source-a", "source_b"]
+    # A history written with the old munged names (`_tmp_..._base-model`) still gets every entry.
+    old = {**history, "sources": ["_tmp_base", "org_source-a", "_x__source_b"]}
+    old["history"] = [
+        {**r, "mean": dict(zip(old["sources"], r["mean"].values(), strict=True))} for r in history["history"]
+    ]
+    old_legend = mixing_history_figure(old).axes[0].get_legend().get_texts()
+    assert [text.get_text() for text in old_legend] == ["tmp_base", "org_source-a", "x__source_b"]
+
+
+def test_resume_from_checkpoint_keeps_the_mixing_history_before_the_checkpoint(tmp_path):
+    def trainer(restore=False):
+        args = tiny_training_args(
+            tmp_path,
+            learning_rate=5e-2,
+            save_strategy="steps",
+            save_steps=2,
+            restore_callback_states_from_checkpoint=restore,
+        )
+        model = tiny_fused("bert", "sequence-classification")
+        return Trainer(model=model, args=args, train_dataset=TinyTask(), callbacks=[MixingWeightsCallback()])
+
+    trainer().train()
+    uninterrupted = json.loads((tmp_path / "mixing_weights.json").read_text())["history"]
+    assert [record["step"] for record in uninterrupted] == [0, 2, 4]
+    # Whether or not the Trainer restores callback states itself (it then re-creates the callback).
+    for restore in (False, True):
+        (tmp_path / "mixing_weights.json").unlink()
+        resumed = trainer(restore)
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+        history = json.loads((tmp_path / "mixing_weights.json").read_text())["history"]
+        assert [record["step"] for record in history] == [0, 2, 4]
+        assert history[0] == uninterrupted[0]  # logged before the checkpoint, by the first run
+        for record, expected in zip(history[1:], uninterrupted[1:], strict=True):
+            assert record["mean"] == pytest.approx(expected["mean"], abs=1e-6)

@@ -9,7 +9,7 @@
 * `check_config_consistency`: every rank of a distributed run built the same model.
 """
 
-from .callback import MixingWeightsCallback, mixing_statistics, plot_mixing_history
+from .callback import MixingWeightsCallback, mixing_history_figure, mixing_statistics, plot_mixing_history
 from .distributed import check_config_consistency, embfuse_fingerprint
 from .freezing import set_trainable
 from .optim import MIXER_LR_RATIO, create_embfuse_optimizer, mixing_parameter_groups
@@ -26,6 +26,7 @@ __all__ = [
     "embfuse_lora_config",
     "find_attention_modules",
     "infer_task_type",
+    "mixing_history_figure",
     "mixing_parameter_groups",
     "mixing_statistics",
     "plot_mixing_history",

@@ -7,14 +7,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
-from ._modules import find_fused_embedding, source_names
+from ._modules import find_fused_embedding, readable_name, source_names
 from .distributed import check_config_consistency
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def _one_id_per_coverage_pattern(
     return ids[first], counts.to("cpu", torch.float64)
 
 
-class MixingWeightsCallback(TrainerCallback):
+class MixingWeightsCallback(TrainerCallback, ExportableState):
     """Log each source's mean mixing weight during training; write its history and a plot at the end.
 
     On every log, adds `mixing/<source>` (the weight averaged over the vocabulary) to the Trainer's logs,
@@ -106,6 +110,9 @@ class MixingWeightsCallback(TrainerCallback):
     callbacks passed in `callbacks=`, so with a plain `Trainer` the values reach `trainer.state.log_history`,
     the progress bar and later callbacks but not those reporters. `EmbFuseTrainer` puts this callback first,
     so every reporter sees them.
+
+    The history is part of each checkpoint's `trainer_state.json` (an `ExportableState`), so after
+    `trainer.train(resume_from_checkpoint=...)` the JSON and the plot still start at step 0.
 
     Args:
         plot: write `mixing_weights.png` at the end of training (needs `pip install 'hf-embfuse[plot]'`).
@@ -154,13 +161,36 @@ class MixingWeightsCallback(TrainerCallback):
             logs.update({f"mixing_{key}/{name}": value for name, value in record.get(key, {}).items()})
         return logs
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this callback (`TrainerState.stateful_callbacks`): its history."""
+        return {
+            "args": {
+                "plot": self.plot,
+                "max_tokens": self.max_tokens,
+                "check_consistency": self.check_consistency,
+            },
+            "attributes": {"history": list(self.history), "sources": self.sources, "mixing": self.mixing},
+        }
+
+    def _history_until(self, state: TrainerState) -> list[dict[str, Any]]:
+        """The records a resumed run starts from: the checkpoint's, up to its step. None on a fresh run."""
+        if state.global_step == 0:
+            return []
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, list):  # several callbacks of this class: the Trainer keeps a list
+            saved = saved[0] if saved else None
+        history = (saved or {}).get("attributes", {}).get("history") or []
+        return [record for record in history if record["step"] <= state.global_step]
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs["model"]
         if self.check_consistency:
             check_config_consistency(model)
-        self.history = []
+        # The Trainer restores callback state only with `restore_callback_states_from_checkpoint=True`
+        # (and then re-creates the callback at the end of the list); read the checkpoint's state ourselves.
+        self.history = self._history_until(state)
         self._record(model, state.global_step)
 
     def on_log(
@@ -199,6 +229,16 @@ def plot_mixing_history(history: dict[str, Any], path: str | os.PathLike) -> Pat
         history: the content of `mixing_weights.json` as written by `MixingWeightsCallback`.
         path: the PNG file to write.
     """
+    figure = mixing_history_figure(history)
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    figure.savefig(staging, format="png")
+    os.replace(staging, path)
+    return path
+
+
+def mixing_history_figure(history: dict[str, Any]) -> Figure:
+    """The matplotlib `Figure` that `plot_mixing_history` writes: one line (and legend entry) per source."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -215,7 +255,8 @@ def plot_mixing_history(history: dict[str, Any], path: str | os.PathLike) -> Pat
     banded = all("std" in record for record in records)
     for name in history["sources"]:
         mean = [record["mean"][name] for record in records]
-        (line,) = axes.plot(steps, mean, marker="o", markersize=3, label=name)
+        # readable_name again for histories written before names were: a leading `_` hides a label.
+        (line,) = axes.plot(steps, mean, marker="o", markersize=3, label=readable_name(name) or name)
         if banded:
             low = [max(m - record["std"][name], 0.0) for m, record in zip(mean, records, strict=True)]
             high = [min(m + record["std"][name], 1.0) for m, record in zip(mean, records, strict=True)]
@@ -227,11 +268,7 @@ def plot_mixing_history(history: dict[str, Any], path: str | os.PathLike) -> Pat
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.tmp")
-    figure.savefig(staging, format="png")
-    os.replace(staging, path)
-    return path
+    return figure
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -8,7 +8,6 @@ without `trust_remote_code`, and runs exactly as fast as the base model.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -221,25 +220,7 @@ def _check_plain_checkpoint(folder: Path) -> None:
         )
 
 
-def bake_command(args: argparse.Namespace) -> int:
-    """`hf-embfuse bake FOLDER --out OUT [--overwrite]`: the CLI entry (`args.folder`, `args.out`, `args.overwrite`)."""
-    out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
-    print(f"wrote {out}: a plain checkpoint of the base architecture; loads without trust_remote_code")
-    return 0
-
-
-def add_command(commands: argparse._SubParsersAction) -> None:
-    """Add the `bake` sub-command to the `hf-embfuse` parser (see `cli.COMMAND_MODULES`)."""
-    parser = commands.add_parser(
-        "bake", help="write a plain base-architecture checkpoint with the fused embedding"
-    )
-    parser.add_argument("folder", help="an EmbFuse checkpoint folder")
-    parser.add_argument("--out", required=True, help="output folder (written all at once)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.set_defaults(run=bake_command)
-
-
-__all__ = ["add_command", "bake", "bake_command", "bake_to_folder"]
+__all__ = ["bake", "bake_to_folder"]
 
 
 class _CallableModule(types.ModuleType):

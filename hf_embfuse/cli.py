@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -35,7 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     upgrade.add_argument("--out", help="write the upgraded checkpoint here instead")
     upgrade.set_defaults(run=_upgrade)
 
-    _add_optional_commands(commands)
+    bake = commands.add_parser(
+        "bake", help="write a plain base-architecture checkpoint with the fused embedding"
+    )
+    bake.add_argument("folder", help="an EmbFuse checkpoint folder")
+    bake.add_argument("--out", required=True, help="output folder (written all at once)")
+    bake.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    bake.set_defaults(run=_bake)
+
+    _add_eval_command(commands)
+    # `push` is still declared beside its feature; it moves here with the Hub rewrite.
+    importlib.import_module("hf_embfuse.hub").add_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -44,18 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line, no traceback.
         print(f"hf-embfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-# Commands implemented beside their feature: each module has `add_command(subparsers)`, which adds
-# a subparser whose `run(args) -> int` default does the work.
-COMMAND_MODULES = ("bake", "evaluation.command", "hub")
-
-
-def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"hf_embfuse.{name}").add_command(commands)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
@@ -91,6 +90,104 @@ def _inspect(args: argparse.Namespace) -> int:
     description = describe_checkpoint(Path(args.folder))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
+
+
+def _bake(args: argparse.Namespace) -> int:
+    from .bake import bake_to_folder
+
+    out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}: a plain checkpoint of the base architecture; loads without trust_remote_code")
+    return 0
+
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "eval",
+        help="word similarity of a fused model vs each of its sources and simple baselines",
+        description=(
+            "Spearman's ρ on word-similarity data of the fused table, the base table, each source alone "
+            "(in the base space, covered rows only) and the average/concatenation baselines. A plain "
+            "(e.g. baked) checkpoint is evaluated as one table. With --text: bits per byte of a causal LM."
+        ),
+    )
+    command.add_argument("folder", help="checkpoint folder (model and tokenizer)")
+    command.add_argument(
+        "--wordsim",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="word-similarity files (`word1 word2 ... score`)",
+    )
+    command.add_argument(
+        "--standard", action="store_true", help="also evaluate on WordSim-353, SimLex-999 and MEN"
+    )
+    command.add_argument(
+        "--text",
+        type=Path,
+        metavar="FILE",
+        help="UTF-8 text, one passage a line: bits per byte of the model (a causal LM) on it",
+    )
+    command.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="with --text: also score this model (folder, GGUF file or Hub id) with its own tokenizer, and the ratio",
+    )
+    command.add_argument("--max-lines", type=int, metavar="N", help="with --text: only the first N lines")
+    command.add_argument("--no-progress", action="store_true", help="no progress bars")
+    command.add_argument("--out", type=Path, metavar="FILE.json", help="write the results as JSON")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    command.add_argument(
+        "--word-prefix",
+        default="",
+        help="text put before each word before tokenising (' ' for byte-level BPE tokenizers)",
+    )
+    command.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`hf-embfuse eval`: bad input raises ValueError / OSError, which `main` reports in one line."""
+    from .evaluation.command import write_json_atomic
+
+    if args.reference and args.text is None:
+        raise ValueError("--reference needs --text FILE")
+    if not args.wordsim and not args.standard and args.text is None:
+        raise ValueError(
+            "give --text FILE, or word-similarity data: --wordsim FILE [FILE ...] and/or --standard"
+        )
+    if args.text is not None and (args.wordsim or args.standard):
+        raise ValueError("--text and word-similarity data are separate runs; give one of them")
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{str(args.out)!r} already exists; pass --overwrite to replace it")
+    report = _eval_text(args) if args.text is not None else _eval_wordsim(args)
+    if args.out is not None:
+        write_json_atomic(args.out, {"checkpoint": str(args.folder), **report}, overwrite=args.overwrite)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _eval_wordsim(args: argparse.Namespace) -> dict:
+    from .evaluation.command import evaluate_checkpoint, load_checkpoint, load_datasets
+
+    # The data before the model: a malformed file should fail in a second, not after loading.
+    datasets = load_datasets(args.wordsim, standard=args.standard)
+    model, tokenizer = load_checkpoint(Path(args.folder))
+    table = evaluate_checkpoint(model, tokenizer, datasets, word_prefix=args.word_prefix)
+    print(table.to_markdown())
+    return {"word_prefix": args.word_prefix, **table.to_dict()}
+
+
+def _eval_text(args: argparse.Namespace) -> dict:
+    from .evaluation.bits_per_byte import read_text_lines
+    from .evaluation.text_command import evaluate_text, format_text_report, load_causal_lm
+
+    if args.max_lines is not None and args.max_lines < 1:
+        raise ValueError(f"--max-lines must be at least 1, got {args.max_lines}")
+    lines = read_text_lines(args.text)[: args.max_lines]  # before any model: a bad file fails in a second
+    model, tokenizer = load_causal_lm(args.folder)
+    reference = load_causal_lm(args.reference) if args.reference else None
+    report = evaluate_text(model, tokenizer, lines, reference=reference, show_progress=not args.no_progress)
+    print(format_text_report(report, str(args.folder), args.reference))
+    return {"text": str(args.text), "reference_model": args.reference, **report}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Bake: an EmbFuse model becomes a plain checkpoint of its base architecture with the same outputs."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,7 +22,8 @@ from transformers import (
 
 import hf_embfuse
 from hf_embfuse.atomic import OutputExistsError
-from hf_embfuse.bake import add_command, bake, bake_to_folder
+from hf_embfuse.bake import bake, bake_to_folder
+from hf_embfuse.cli import main
 from hf_embfuse.training import embfuse_lora_config
 from tests.fixtures_models import VOCAB, random_sources, tiny_base, tiny_fused
 
@@ -279,10 +279,7 @@ def test_models_that_cannot_be_baked_are_refused():
 
 def test_bake_command(tmp_path, capsys):
     tiny_fused("llama", "causal-lm").save_pretrained(tmp_path / "fused")
-    parser = argparse.ArgumentParser()
-    add_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bake", str(tmp_path / "fused"), "--out", str(tmp_path / "baked")])
-    assert args.run(args) == 0
+    assert main(["bake", str(tmp_path / "fused"), "--out", str(tmp_path / "baked")]) == 0
     assert "loads without trust_remote_code" in capsys.readouterr().out
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "baked")).__name__ == "LlamaForCausalLM"
 

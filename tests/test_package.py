@@ -113,3 +113,17 @@ def test_a_folder_naming_an_unknown_wrapper_lists_the_tables_wrappers(tmp_path):
         bake_to_folder(tmp_path / "fused", tmp_path / "out")
     assert ", ".join(task.wrapper for task in TASKS) in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_argparse_lives_in_the_cli():
+    import importlib.util
+    from pathlib import Path
+
+    for module in ("hf_embfuse.bake", "hf_embfuse.evaluation.command"):
+        source = Path(importlib.util.find_spec(module).origin).read_text()
+        assert "argparse" not in source and "add_command" not in source, module
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hf_embfuse.cli", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for command in ("build", "inspect", "bake", "eval", "push", "upgrade"):
+        assert command in help_text, command

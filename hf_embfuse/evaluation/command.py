@@ -1,102 +1,31 @@
-"""`hf-embfuse eval`: word similarity of a saved checkpoint, its sources and the simple baselines."""
+"""The library side of `hf-embfuse eval` (its arguments are in `hf_embfuse.cli`): datasets, loading, JSON out."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` subcommand to the `hf-embfuse` parser."""
-    command = subparsers.add_parser(
-        "eval",
-        help="word similarity of a fused model vs each of its sources and simple baselines",
-        description=(
-            "Spearman's ρ on word-similarity data of the fused table, the base table, each source alone "
-            "(in the base space, covered rows only) and the average/concatenation baselines. A plain "
-            "(e.g. baked) checkpoint is evaluated as one table."
-        ),
-    )
-    command.add_argument("folder", help="checkpoint folder (model and tokenizer)")
-    command.add_argument(
-        "--wordsim",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help="word-similarity files (`word1 word2 ... score`)",
-    )
-    command.add_argument(
-        "--standard", action="store_true", help="also evaluate on WordSim-353, SimLex-999 and MEN"
-    )
-    command.add_argument(
-        "--text",
-        type=Path,
-        metavar="FILE",
-        help="UTF-8 text, one passage a line: bits per byte of the model (a causal LM) on it",
-    )
-    command.add_argument(
-        "--reference",
-        metavar="MODEL",
-        help="with --text: also score this model (folder, GGUF file or Hub id) with its own tokenizer, and the ratio",
-    )
-    command.add_argument("--max-lines", type=int, metavar="N", help="with --text: only the first N lines")
-    command.add_argument("--no-progress", action="store_true", help="no progress bars")
-    command.add_argument("--out", type=Path, metavar="FILE.json", help="write the results as JSON")
-    command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    command.add_argument(
-        "--word-prefix",
-        default="",
-        help="text put before each word before tokenising (' ' for byte-level BPE tokenizers)",
-    )
-    command.set_defaults(run=run)
+def load_datasets(wordsim_files: Sequence[str | os.PathLike], *, standard: bool = False) -> dict[str, Any]:
+    """Word-similarity datasets by name: the standard three when `standard`, then each file.
 
-
-def run(args: argparse.Namespace) -> int:
-    """Run `hf-embfuse eval`; bad input raises ValueError / OSError, which the CLI reports in one line."""
+    Raises:
+        ValueError: a malformed file, or two datasets of one name.
+        FileNotFoundError: a missing file.
+    """
     from . import load_standard_wordsim, load_wordsim
 
-    if args.reference and args.text is None:
-        raise ValueError("--reference needs --text FILE")
-    if not args.wordsim and not args.standard and args.text is None:
-        raise ValueError(
-            "give --text FILE, or word-similarity data: --wordsim FILE [FILE ...] and/or --standard"
-        )
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{str(args.out)!r} already exists; pass --overwrite to replace it")
-    if args.text is not None and not args.wordsim and not args.standard:
-        from .text_command import run_text
-
-        report = run_text(args)
-        if args.out is not None:
-            write_json_atomic(args.out, {"checkpoint": str(args.folder), **report}, overwrite=args.overwrite)
-            print(f"wrote {args.out}")
-        return 0
-    if args.text is not None:
-        raise ValueError("--text and word-similarity data are separate runs; give one of them")
-    # Read the data before the model: a malformed file should fail in a second, not after loading.
-    datasets = dict(load_standard_wordsim()) if args.standard else {}
-    for path in args.wordsim:
+    datasets = dict(load_standard_wordsim()) if standard else {}
+    for path in wordsim_files:
         dataset = load_wordsim(path)
         if dataset.name in datasets:
             raise ValueError(f"two datasets are named {dataset.name!r} ({path}); rename one of the files")
         datasets[dataset.name] = dataset
-
-    model, tokenizer = load_checkpoint(Path(args.folder))
-    table = evaluate_checkpoint(model, tokenizer, datasets, word_prefix=args.word_prefix)
-    print(table.to_markdown())
-    if args.out is not None:
-        report = {
-            "checkpoint": str(args.folder),
-            "word_prefix": args.word_prefix,
-            **table.to_dict(),
-        }
-        write_json_atomic(args.out, report, overwrite=args.overwrite)
-        print(f"wrote {args.out}")
-    return 0
+    return datasets
 
 
 def load_checkpoint(folder: Path) -> tuple[Any, Any]:

@@ -123,6 +123,7 @@ def fuse(
     if isinstance(base, PreTrainedModel):
         base_model, base_path = base, base.name_or_path or "base"
     elif isinstance(base, (str, os.PathLike)):
+        require_path_or_repo_id(base)  # here, while a `Path` is still known not to be a Hub id
         base_model, base_path = None, os.fspath(base)
     else:
         raise ValueError(
@@ -176,13 +177,13 @@ def fuse_recipe(
         require_path_or_repo_id(recipe.base)  # the sources' message, not a Hub id validation error
     # A model passed in is read for its modules from where it was loaded, if anywhere.
     base_location = recipe.base if base_model is None else base_model.name_or_path
-    modules = read_sentence_transformers_files(base_location) if base_location else None
     tokenizer = base_tokenizer
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
         kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
         base_model = _without_remote_code(task.auto_class.from_pretrained, recipe.base, **kwargs)
+    modules = read_sentence_transformers_files(base_location) if base_location else None
     transfer, rows_tokenizer = None, tokenizer
     if recipe.transfers_vocabulary or target_tokenizer is not None:
         # The rows are the target's: the base's own table is aligned onto them as source 0.

@@ -87,6 +87,20 @@ def looks_like_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and "--" not in name and ".." not in name and not name.endswith(".")
 
 
+def require_path_or_repo_id(name_or_path: str | os.PathLike) -> None:
+    """The one error for a model or source that is neither an existing local path nor possibly a Hub repo id
+    (a `Path` is never a repo id).
+
+    Raises:
+        FileNotFoundError: naming the input.
+    """
+    name = os.fspath(name_or_path)
+    if Path(name).expanduser().exists():
+        return
+    if isinstance(name_or_path, Path) or not looks_like_repo_id(name):
+        raise FileNotFoundError(f"No such file or folder: {name!r} (and it is not a Hub repo id either).")
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> ResolvedCheckpoint:
     """Locate a checkpoint given as a local folder, a local weights file, or a Hub repo id.
 
@@ -105,8 +119,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
                 "use read_source() for GGUF and static-vector files."
             )
         return ResolvedCheckpoint(name=name, folder=path.parent, only_file=path.name)
-    if isinstance(name_or_path, Path) or not looks_like_repo_id(name):
-        raise FileNotFoundError(f"No such file or folder: {name!r} (and it is not a Hub repo id either).")
+    require_path_or_repo_id(name_or_path)
     return _resolve_hub(name, revision)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, looks_like_repo_id
+from ._checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, require_path_or_repo_id
 from .errors import SourceError
 from .gguf import read_gguf_source
 from .hf import read_hf_source
@@ -85,9 +85,8 @@ def detect_source_kind(spec: str | os.PathLike) -> str:
             f"{name!r} holds no model weights (*.safetensors, pytorch_model.bin), GGUF or .npy vectors; "
             "point at the folder or file that holds the embeddings."
         )
-    if not isinstance(spec, Path) and looks_like_repo_id(name):
-        return "hf"
-    raise FileNotFoundError(f"No such file or folder: {name!r} (and it is not a Hub repo id either).")
+    require_path_or_repo_id(spec)
+    return "hf"
 
 
 def _single_gguf(folder: Path) -> Path:

@@ -136,7 +136,10 @@ def name_sources(model, *names):
             ),
             ["all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2", "glove.txt"],
         ),
-        (("./minilm", "C:\\models\\minilm", "word vectors.vec"), ["minilm", "minilm-1", "word_vectors.vec"]),
+        (
+            ("/abs/minilm", "C:\\models\\minilm", "word vectors.vec"),
+            ["minilm", "minilm-1", "word_vectors.vec"],
+        ),
         (("", "_", "BertModel"), ["base", "source1", "BertModel"]),
     ],
 )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 from torch import nn
 from transformers.modeling_utils import unwrap_model
 from transformers.trainer_utils import unwrap_peft_model
+
+from ..model_names import first_hub_id, local_name
 
 EMBEDDING_CLASS_NAME = "MultiSourceEmbedding"
 
@@ -52,32 +53,25 @@ def find_fused_embedding(model: nn.Module) -> tuple[str, nn.Module]:
 def source_names(model: nn.Module, num_sources: int) -> list[str]:
     """Readable, unique names of the sources (the base first), from the EmbFuse config when there is one.
 
-    A source named by a Hub id keeps it (`sentence-transformers/all-MiniLM-L6-v2`); one named by a local
-    path gets its last component (`/models/glove.6B.50d.txt` -> `glove.6B.50d.txt`). No name starts with
-    `_`: matplotlib leaves such labels out of a legend.
+    Named as the model card names them (`hf_embfuse.model_names`): a Hub id or a name as given, a local
+    path by its last component. For metric keys and the plot's legend, whitespace becomes `_` and no name
+    starts with `_` (matplotlib leaves such labels out of a legend).
     """
     config = getattr(unwrap(model), "config", None)
     entries = getattr(config, "sources", None) or []
     names: list[str] = []
     for index in range(num_sources):
         entry = entries[index] if index < len(entries) else {}
-        name = readable_name(next((str(entry[key]) for key in _NAME_KEYS if entry.get(key)), ""))
-        name = name or ("base" if index == 0 else f"source{index}")
+        name = entry.get("name") if isinstance(entry.get("name"), str) else None
+        found = name or first_hub_id(entry.get("hub_id"), entry.get("repo_id"))
+        name = readable_name(found or "") or ("base" if index == 0 else f"source{index}")
         names.append(name if name not in names else f"{name}-{index}")
     return names
 
 
-# Where a source entry names its origin, most specific first (files can say which Hub repo they came from).
-_NAME_KEYS = ("hub_id", "repo_id", "name")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def readable_name(name: str) -> str:
-    """A Hub id as it is, a path as its last component; whitespace as `_`, never a leading `_`."""
-    name = name.strip()
-    if not _HUB_ID.fullmatch(name):
-        name = PurePath(name.replace("\\", "/")).name or name  # a path: its last component
-    return re.sub(r"\s+", "_", name).lstrip("_")
+    """`name` as a label: a local path cut to its last component, whitespace as `_`, no leading `_`."""
+    return re.sub(r"\s+", "_", local_name(name.strip())).lstrip("_")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,17 @@ logger = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
+    """The output exists and overwriting was not asked for.
+
+    The message names the Python argument (`overwrite=True`); `cli_message()` names the CLI flag instead.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str = "folder") -> None:
+        self.path, self.kind = Path(path), kind
+        super().__init__(f"Output {kind} {str(path)!r} already exists; pass overwrite=True to replace it.")
+
+    def cli_message(self) -> str:
+        return f"Output {self.kind} {str(self.path)!r} already exists; pass --overwrite to replace it."
 
 
 def _host() -> str:
@@ -70,6 +81,17 @@ def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _new_folder_mode(parent: Path) -> int:
+    """The permission bits a folder made now with `os.mkdir` gets (0o777 less the umask), measured with a
+    probe folder: reading the umask with `os.umask` would briefly change it for every thread."""
+    probe = parent / ".mode-probe"
+    probe.mkdir()
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_output_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `target`; on success it replaces `target` in one rename.
@@ -82,11 +104,12 @@ def atomic_output_dir(target: str | os.PathLike, *, overwrite: bool = False) -> 
     target = Path(target)
     remove_stale_staging(target)
     if target.exists() and not overwrite:
-        raise OutputExistsError(
-            f"Output folder {str(target)!r} already exists; pass --overwrite to replace it."
-        )
+        raise OutputExistsError(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_prefix(target, "tmp"), dir=target.parent))
+    # mkdtemp makes the folder private (0o700); the output gets what any new folder gets here
+    # (what `save_pretrained` gives its folder), since it is renamed into place as it is.
+    staging.chmod(_new_folder_mode(staging))
     try:
         yield staging
         if target.exists():

@@ -179,7 +179,7 @@ def bake_to_folder(
         checkpoint_task(source_folder, read_checkpoint_config(source_folder, _NOT_EMBFUSE_HINT))
         if out_dir.resolve() == source_folder.resolve():
             raise ValueError(
-                f"The output folder {str(out_dir)!r} is the EmbFuse checkpoint being baked; choose another --out."
+                f"The output folder {str(out_dir)!r} is the EmbFuse checkpoint being baked; choose another one."
             )
     elif not isinstance(src_dir_or_model, nn.Module):
         raise ValueError(
@@ -187,9 +187,7 @@ def bake_to_folder(
         )
     if out_dir.exists() and not overwrite:
         # Checked before the (possibly long) load and bake; atomic_output_dir checks again.
-        raise OutputExistsError(
-            f"Output folder {str(out_dir)!r} already exists; pass --overwrite to replace it."
-        )
+        raise OutputExistsError(out_dir)
     model = (
         load_embfuse_folder(source_folder, _NOT_EMBFUSE_HINT)
         if source_folder is not None

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .atomic import OutputExistsError
+
 logger = logging.getLogger("hf_embfuse")
 
 
@@ -52,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (ValueError, OSError, ImportError) as error:
-        # Bad input: one clear line, no traceback.
-        print(f"hf-embfuse {args.command}: error: {error}", file=sys.stderr)
+        # Bad input: one clear line, no traceback; the library's `overwrite=True` is the CLI's --overwrite.
+        message = error.cli_message() if isinstance(error, OutputExistsError) else error
+        print(f"hf-embfuse {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

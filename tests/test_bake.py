@@ -248,7 +248,7 @@ def test_existing_output_needs_overwrite_and_the_source_is_never_the_output(tmp_
     fused.save_pretrained(tmp_path / "fused")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("old")
-    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
         bake_to_folder(tmp_path / "fused", tmp_path / "out")
     bake_to_folder(tmp_path / "fused", tmp_path / "out", overwrite=True)
     assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "config.json").is_file()

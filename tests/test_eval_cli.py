@@ -114,7 +114,7 @@ def test_plain_checkpoint_is_one_table(tmp_path, wordsim_file):
 def test_write_json_atomic_never_clobbers(tmp_path):
     path = tmp_path / "x.json"
     write_json_atomic(path, {"a": 1})
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     write_json_atomic(path, {"a": 3}, overwrite=True)

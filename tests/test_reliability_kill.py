@@ -256,7 +256,7 @@ def test_a_run_killed_while_swapping_outputs_gets_the_previous_output_back(tmp_p
     retired = tmp_path / f".model.old-{_host()}-{_dead_pid()}-xyz"
     (retired / "model").mkdir(parents=True)
     (retired / "model" / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="--overwrite"), atomic_output_dir(out):
+    with pytest.raises(FileExistsError, match="overwrite=True"), atomic_output_dir(out):
         pass
     assert (out / "config.json").read_text() == "{}" and not retired.exists()
 

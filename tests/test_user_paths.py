@@ -1,10 +1,13 @@
 """What a user meets on the way: `pathlib.Path` wherever a path goes, and a missing base named as such."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
+from hf_embfuse.atomic import OutputExistsError
 from hf_embfuse.bake import bake_to_folder
 from hf_embfuse.build import build_to_folder, fuse
 from hf_embfuse.checkpoint_folder import load_embfuse_folder
@@ -102,3 +105,42 @@ def test_cli_build_with_a_missing_base_is_one_line_and_writes_nothing(source_dir
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and MISSING in err and "no-such-base" in err
     assert not (tmp_path / "out").exists()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_build_and_bake_outputs_get_the_folder_mode_save_pretrained_gives(
+    umask, base_dir, source_dir, tmp_path
+):
+    previous = os.umask(umask)
+    try:
+        tiny_base("bert").save_pretrained(tmp_path / "plain")
+        build_to_folder(Recipe(base=base_dir, sources=[{"path": source_dir}]), tmp_path / "fused")
+        bake_to_folder(tmp_path / "fused", tmp_path / "baked")
+    finally:
+        os.umask(previous)
+    assert _mode(tmp_path / "plain") == 0o777 & ~umask
+    assert _mode(tmp_path / "fused") == _mode(tmp_path / "plain")
+    assert _mode(tmp_path / "baked") == _mode(tmp_path / "plain")
+
+
+def test_api_errors_name_the_argument_and_the_cli_its_flag(base_dir, source_dir, tmp_path, capsys):
+    recipe = Recipe(base=base_dir, sources=[{"path": source_dir}])
+    build_to_folder(recipe, tmp_path / "fused")
+    (tmp_path / "baked").mkdir()
+    for call in (
+        lambda: build_to_folder(recipe, tmp_path / "fused"),
+        lambda: bake_to_folder(tmp_path / "fused", tmp_path / "baked"),
+    ):
+        with pytest.raises(OutputExistsError) as error:
+            call()
+        assert "overwrite=True" in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(ValueError, match="being baked; choose another one") as error:
+        bake_to_folder(tmp_path / "fused", tmp_path / "fused", overwrite=True)
+
+    assert main(["bake", str(tmp_path / "fused"), "--out", str(tmp_path / "baked")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err and "overwrite=True" not in err

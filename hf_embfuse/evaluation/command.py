@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import OutputExistsError
+
 
 def load_datasets(wordsim_files: Sequence[str | os.PathLike], *, standard: bool = False) -> dict[str, Any]:
     """Word-similarity datasets by name: the standard three when `standard`, then each file.
@@ -76,7 +78,7 @@ def write_json_atomic(path: Path, data: Any, *, overwrite: bool = False) -> None
             # A hard link fails if `path` appeared meanwhile, so an existing file is never clobbered.
             os.link(temp, path)
         except FileExistsError:
-            raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it") from None
+            raise OutputExistsError(path, kind="file") from None
         except OSError:  # a filesystem without hard links
             os.replace(temp, path)
     finally:

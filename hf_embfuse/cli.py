@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -47,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bake.set_defaults(run=_bake)
 
     _add_eval_command(commands)
-    # `push` is still declared beside its feature; it moves here with the Hub rewrite.
-    importlib.import_module("hf_embfuse.hub").add_command(commands)
+    _add_push_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -100,6 +98,51 @@ def _bake(args: argparse.Namespace) -> int:
 
     out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
     print(f"wrote {out}: a plain checkpoint of the base architecture; loads without trust_remote_code")
+    return 0
+
+
+def _add_push_command(commands: argparse._SubParsersAction) -> None:
+    push = commands.add_parser(
+        "push",
+        help="publish a fused checkpoint folder with its model card to the Hugging Face Hub",
+        description=(
+            "Upload a checkpoint folder (weights, config, code files, tokenizer, report, evaluation results, "
+            "mixing-weights plot, sentence-transformers modules) and a generated model card to a Hub repository "
+            "in one commit. Prints the commit URL, or 'no changes'."
+        ),
+    )
+    push.add_argument("folder", help="checkpoint folder (written by `hf-embfuse build` or save_pretrained)")
+    push.add_argument("repo", help="repository id, `namespace/name`")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing)")
+    push.add_argument("--message", metavar="MSG", help="commit message")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+    push.add_argument(
+        "--eval-results",
+        type=Path,
+        metavar="FILE.json",
+        help="evaluation results for the card (`hf-embfuse eval --out`; default: the folder's embfuse_eval.json)",
+    )
+    push.set_defaults(run=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import check_checkpoint_folder, push_to_hub
+    from .model_card import read_eval_results
+
+    # Everything local is checked before the first request: folder, repository name, results file.
+    check_checkpoint_folder(args.folder)
+    eval_results = read_eval_results(args.eval_results) if args.eval_results is not None else None
+    commit = push_to_hub(
+        args.folder,
+        args.repo,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.message,
+        token=args.token,
+        eval_results=eval_results,
+    )
+    print("no changes" if commit is None else commit.commit_url)
     return 0
 
 

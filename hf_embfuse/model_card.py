@@ -73,7 +73,8 @@ def build_model_card(
     if folder is not None:
         from .training.callback import PLOT_FILE  # what training writes beside the checkpoint
 
-        eval_results = eval_results if eval_results is not None else _read_eval_results(Path(folder))
+        if eval_results is None and (Path(folder) / EVAL_FILE).is_file():
+            eval_results = read_eval_results(Path(folder) / EVAL_FILE)
         weights_plot = weights_plot or (PLOT_FILE if (Path(folder) / PLOT_FILE).is_file() else None)
         if sentence_transformers is None:
             sentence_transformers = (Path(folder) / MODULES_FILE).is_file()
@@ -156,10 +157,9 @@ def eval_markdown(eval_results: Mapping[str, Any], digits: int = 3) -> str:
 # -- metadata helpers ----------------------------------------------------------------------------------------
 
 
-def _read_eval_results(folder: Path) -> dict[str, Any] | None:
-    path = folder / EVAL_FILE
-    if not path.is_file():
-        return None
+def read_eval_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the JSON `hf-embfuse eval --out` wrote; the error names the file and the fix."""
+    path = Path(path)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
@@ -370,4 +370,4 @@ def _escape(text: str) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", text.replace("\n", " "))
 
 
-__all__ = ["EVAL_FILE", "TEMPLATE_PATH", "build_model_card", "eval_markdown"]
+__all__ = ["EVAL_FILE", "TEMPLATE_PATH", "build_model_card", "eval_markdown", "read_eval_results"]

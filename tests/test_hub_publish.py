@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 import hf_embfuse
 from hf_embfuse import EmbFuseForSequenceClassification, push_to_hub
 from hf_embfuse.cli import main
-from hf_embfuse.hub import DEFAULT_COMMIT_MESSAGE, PLOT_FILE, PublishError
-from tests.fresh_process import load_in_fresh_process
+from hf_embfuse.hub import DEFAULT_COMMIT_MESSAGE, PublishError
+from hf_embfuse.training.callback import PLOT_FILE
 from tests.fixtures_hub import hub_client_patch
 from tests.fixtures_models import VOCAB, random_sources, tiny_base, tiny_fused
 from tests.fixtures_tokenizers import make_wordpiece_tokenizer
+from tests.fresh_process import load_in_fresh_process
 
 REPO = "test-user/fused-bert"
 BASE_ID = "org/tiny-bert"
@@ -299,3 +300,105 @@ def test_card_the_hub_would_reject_stops_the_push_before_any_upload(hub_client, 
         push_to_hub(fused_model(), REPO)
     assert hub_client.commits(REPO) == hub_client.commits(REPO)[-1:]  # only the repository's initial commit
     assert not {"preupload", "lfs_upload", "commit"} & set(routes(hub_client))
+
+
+# -- through the client's own upload_folder ------------------------------------------------------------------
+
+
+def test_push_is_one_upload_folder_commit_on_top_of_the_head_it_read(hub_client, monkeypatch):
+    api = HfApi()
+    api.create_repo(REPO)
+    head = hub_client.commits(REPO)[0]
+    calls = {"upload_folder": [], "create_commit": 0}
+    real_upload_folder, real_create_commit = HfApi.upload_folder, HfApi.create_commit
+
+    def upload_folder(self, **kwargs):
+        calls["upload_folder"].append(kwargs)
+        return real_upload_folder(self, **kwargs)
+
+    def create_commit(self, *args, **kwargs):
+        calls["create_commit"] += 1
+        return real_create_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    commit = push_to_hub(fused_model(), REPO)
+
+    (kwargs,) = calls["upload_folder"]
+    assert calls["create_commit"] == 1 and routes(hub_client).count("commit") == 1
+    assert kwargs["parent_commit"] == head and hub_client.commits(REPO) == [commit.oid, head]
+    assert {"config.json", "model.safetensors", "modeling_embfuse.py", "README.md"} <= set(
+        kwargs["allow_patterns"]
+    )
+    assert "*.safetensors" in kwargs["delete_patterns"] and "training_args.bin" in kwargs["ignore_patterns"]
+
+
+def test_a_push_racing_another_commit_is_refused_and_commits_nothing(
+    hub_client, monkeypatch, capsys, tmp_path
+):
+    folder = saved_folder(fused_model(), tmp_path / "ckpt")
+    api = HfApi()
+    api.create_repo(REPO)
+    real_upload_folder = HfApi.upload_folder
+
+    def someone_else_commits_first(self, **kwargs):
+        real_upload_folder(self, repo_id=REPO, folder_path=tmp_path / "other", commit_message="theirs")
+        return real_upload_folder(self, **kwargs)
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("pushed meanwhile\n")
+    monkeypatch.setattr(HfApi, "upload_folder", someone_else_commits_first)
+    assert main(["push", str(folder), REPO]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 412" in err and "Nothing was committed" in err
+    assert set(hub_client.files(REPO)) == {".gitattributes", "notes.txt"}  # theirs, and nothing of ours
+    assert api.list_repo_commits(REPO)[0].title == "theirs"
+
+
+def test_the_folder_is_published_as_a_checkpoint_and_never_written(hub_client, no_external_network, tmp_path):
+    folder = saved_folder(fused_model(), tmp_path / "ckpt", extras=True)
+    (folder / "modules.json").write_text(
+        json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ])
+    )  # fmt: skip
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
+    (folder / "checkpoint-500").mkdir()  # a Trainer's output folder holds more than the model
+    (folder / "checkpoint-500" / "optimizer.pt").write_bytes(b"\0state")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x").write_text("x")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    push_to_hub(folder, REPO)
+    files = hub_client.files(REPO)
+    assert {"modules.json", "1_Pooling/config.json", "embfuse_report.json", PLOT_FILE} <= set(files)
+    assert not {"checkpoint-500/optimizer.pt", ".cache/x", "training_args.bin"} & set(files)
+    assert files["1_Pooling/config.json"] == (folder / "1_Pooling" / "config.json").read_bytes()
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # README.md too
+    assert HfApi().model_info(REPO).card_data.library_name == "sentence-transformers"
+    assert str(tmp_path) not in files["README.md"].decode()
+    assert_stayed_local(hub_client, no_external_network)
+
+
+def test_eval_results_in_the_folder_reach_the_hub_as_model_index(hub_client, tmp_path):
+    from tests.test_model_card import EVAL_OUT
+
+    folder = saved_folder(fused_model(), tmp_path / "ckpt")
+    (folder / "embfuse_eval.json").write_text(json.dumps(EVAL_OUT))
+    push_to_hub(folder, REPO)
+    results = HfApi().model_info(REPO).card_data.eval_results
+    assert {(r.dataset_name, r.metric_value) for r in results} == {("WS353", 0.7412), ("SimLex999", 0.4788)}
+    assert (
+        "embfuse_eval.json" in hub_client.files(REPO)
+        and "## Evaluation" in hub_client.files(REPO)["README.md"].decode()
+    )
+
+
+def test_a_damaged_eval_file_in_the_folder_fails_before_any_request(hub_client, tmp_path, capsys):
+    folder = saved_folder(fused_model(), tmp_path / "ckpt")
+    (folder / "embfuse_eval.json").write_text("{not json")
+    assert main(["push", str(folder), REPO]) == 2
+    assert "embfuse_eval.json' is not valid JSON" in capsys.readouterr().err
+    assert hub_client.requests == []

@@ -195,3 +195,21 @@ def test_dev_text_untag_rejoins_words_and_punctuation():
     train, heldout = dev_split(lines, heldout=3)
     assert len(heldout) == 3 and sorted(train + heldout) == sorted(lines)
     assert dev_split(lines, heldout=3) == (train, heldout)  # fixed seed
+
+
+def test_start_token_rule():
+    from tokenizers import processors
+
+    from hf_embfuse.evaluation.bits_per_byte import start_token_id
+    from tests.fixtures_tokenizers import make_unigram_tokenizer
+
+    chat = make_bpe_tokenizer()
+    chat.bos_token = "<|reserved_special_token_0|>"  # a chat marker as bos, as SmolLM2-Instruct has
+    assert start_token_id(chat) == chat.convert_tokens_to_ids("<|endoftext|>")
+    unigram = make_unigram_tokenizer()
+    assert start_token_id(unigram) == unigram.bos_token_id  # no <|endoftext|>: bos
+    adds_own = make_unigram_tokenizer()
+    adds_own.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="</s> $A", special_tokens=[("</s>", adds_own.eos_token_id)]
+    )
+    assert start_token_id(adds_own) == adds_own.eos_token_id  # what the tokenizer puts first itself

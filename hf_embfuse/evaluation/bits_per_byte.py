@@ -7,9 +7,11 @@ How text is scored (`score_lines`):
 - One line is one passage, scored on its own (no context from other lines). Blank lines are
   skipped; a leading UTF-8 byte-order mark of the file is dropped; the line ends (`\\n`, `\\r\\n`)
   are separators and are neither predicted nor counted.
-- Each line is tokenised without special tokens and one start token is put in front (`bos`, else
-  `eos`, as GPT-2 does with `<|endoftext|>`), so the first real token is predicted too and every byte
-  of the line is paid for exactly once; the start token itself is not scored, no end token is added.
+- Each line is tokenised without special tokens and one start token is put in front (the one the
+  tokenizer adds itself, such as Gemma's `<bos>`; else `<|endoftext|>`, GPT-2's document separator,
+  when the vocabulary has it; else bos, else eos: see `start_token_id`), so the first real token is
+  predicted too and every byte of the line is paid for exactly once; the start token itself is not
+  scored, no end token is added.
 - A line longer than the model's context is scored in consecutive windows: each token is still
   predicted once, a later window's only context is the token before it.
 - Lines are sorted by length and packed into batches of at most `batch_tokens` padded positions
@@ -66,8 +68,23 @@ def read_text_lines(path: str | Path) -> list[str]:
     return lines
 
 
+# GPT-2's document separator; byte-level BPE families keep it where their bos is a chat marker
+# (SmolLM2-Instruct: bos `<|im_start|>`), and pretraining saw it before every document.
+_DOCUMENT_SEPARATOR = "<|endoftext|>"
+
+
 def start_token_id(tokenizer: Any) -> int:
-    """The token put before every line: the tokenizer's bos, else its eos."""
+    """The token put before every line.
+
+    The special token the tokenizer itself puts first (Gemma's `<bos>`, Llama's `<s>`); else
+    `<|endoftext|>` when the vocabulary has it; else bos; else eos.
+    """
+    with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if with_specials and with_specials[0] in set(tokenizer.all_special_ids):
+        return int(with_specials[0])
+    separator = tokenizer.get_vocab().get(_DOCUMENT_SEPARATOR)
+    if separator is not None:
+        return int(separator)
     for name in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:

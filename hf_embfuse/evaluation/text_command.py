@@ -24,7 +24,6 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
     import hf_embfuse  # noqa: F401  (registers the embfuse model type with the Auto classes)
 
     path = Path(name)
-    kwargs: dict[str, Any] = {}
     if path.is_dir() and not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) != 1:
@@ -34,11 +33,14 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
             )
         path = ggufs[0]
     if path.suffix == ".gguf":
+        from ..sources.gguf_model import load_gguf_base
+
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
-        kwargs["gguf_file"] = path.name
-        path = path.parent
-    elif not path.exists() and (path.is_absolute() or str(name).startswith(".")):
+        # Dequantised once, then read from a plain cached folder.
+        model, tokenizer = load_gguf_base(path, AutoModelForCausalLM, dtype=torch.float32)
+        return model.eval(), tokenizer
+    if not path.exists() and (path.is_absolute() or str(name).startswith(".")):
         raise FileNotFoundError(
             f"model {str(name)!r} does not exist; give a model folder, a GGUF file or a Hub id"
         )
@@ -46,15 +48,15 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
         f"{str(name)!r} is not a causal language model, so it has no bits per byte; give one (an EmbFuse folder "
         "built with task 'causal-lm')"
     )
-    if "gguf_file" not in kwargs and not _is_causal_lm(path):
+    if not _is_causal_lm(path):
         raise not_causal
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except ValueError as error:
         if "Unrecognized configuration class" not in str(error):
             raise
         raise not_causal from None
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model.eval(), tokenizer
 
 

@@ -174,3 +174,19 @@ def test_fused_minilm_loads_as_sentence_transformer_in_a_fresh_process(tmp_path)
     assert fused.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)  # Normalize kept
     np.testing.assert_allclose(fused, base, atol=1e-6, rtol=0)
+
+
+def test_a_hub_base_brings_its_modules_too(st_base, other_source, hub_client, no_external_network, tmp_path):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_client.endpoint, token=hub_client.token)
+    api.create_repo("someone/tiny-st")
+    api.upload_folder(repo_id="someone/tiny-st", folder_path=st_base)
+    result = fuse("someone/tiny-st", [{"path": str(other_source), "projection": "identity"}])
+    assert result.sentence_transformers is not None
+    result.save_pretrained(tmp_path / "fused")
+    assert (tmp_path / "fused" / "2_Dense" / "model.safetensors").read_bytes() == (
+        st_base / "2_Dense" / "model.safetensors"
+    ).read_bytes()
+    fused = SentenceTransformer(str(tmp_path / "fused"), trust_remote_code=True, device="cpu")
+    assert fused.prompts == PROMPTS and fused.max_seq_length == 48

@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from tests.fresh_process import load_in_fresh_process  # noqa: E402
 
+CARD_LINES = 18  # the metadata (base_model, library_name, pipeline_tag), the title and what it is
 SENTENCES = ["Fused embeddings carry other models' knowledge.", "The cat sat on the mat."]
 
 
@@ -41,6 +42,8 @@ def main() -> None:
     for report in result.reports:
         print(report.alignment, end="\n\n")
     print(format_description(describe_checkpoint(args.out)))
+    card = (args.out / "README.md").read_text(encoding="utf-8").splitlines()
+    print(f"\nmodel card ({args.out / 'README.md'}), first lines:\n" + "\n".join(card[:CARD_LINES]) + "\n...")
 
     input_ids = result.tokenizer(SENTENCES, return_tensors="pt", padding=True)["input_ids"]
     with torch.no_grad():

@@ -29,11 +29,6 @@ class SentenceTransformerFiles:
 
     files: dict[str, bytes]
 
-    @property
-    def module_types(self) -> list[str]:
-        """The module types, in order (`...Transformer`, `...Pooling`, `...Normalize`)."""
-        return [module["type"] for module in json.loads(self.files[MODULES_FILE])]
-
     def write(self, folder: str | os.PathLike) -> None:
         """Write the files into `folder` (the fused or baked checkpoint folder)."""
         folder = Path(folder)

@@ -22,27 +22,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import OutputExistsError, atomic_output_dir
-from .checkpoint_folder import checkpoint_task, load_embfuse_folder, read_checkpoint_config
+from .checkpoint_folder import TOKENIZER_FILES, load_embfuse_folder, read_checkpoint_config
 from .modeling_embfuse import task_of
 from .sentence_transformers import copy_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
 
-# Tokenizer (and chat template) files copied from an EmbFuse folder into the baked one.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 _NOT_EMBFUSE_HINT = "A plain checkpoint needs no baking."
 # Submodules and buffers of MultiSourceEmbedding that exist only to compute the mixture.
 _FUSED_PARTS = ("source_tables.", "projections.", "mixer.", "coverage")
@@ -176,7 +161,8 @@ def bake_to_folder(
     source_folder = None
     if isinstance(src_dir_or_model, (str, os.PathLike)):
         source_folder = Path(src_dir_or_model)
-        checkpoint_task(source_folder, read_checkpoint_config(source_folder, _NOT_EMBFUSE_HINT))
+        # The tokenizer is copied, not loaded: a folder without one bakes, a damaged one is refused.
+        read_checkpoint_config(source_folder, _NOT_EMBFUSE_HINT, tokenizer="optional")
         if out_dir.resolve() == source_folder.resolve():
             raise ValueError(
                 f"The output folder {str(out_dir)!r} is the EmbFuse checkpoint being baked; choose another one."

@@ -30,7 +30,6 @@ from .sentence_transformers import MODULES_FILE
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
-CODE_FILES = ("configuration_embfuse.py", "modeling_embfuse.py")
 # Trainer state that can sit beside a checkpoint in an output folder (and hidden files): not part of the model.
 NOT_PUBLISHED = (
     "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
@@ -148,19 +147,15 @@ def push_to_hub(
 
 
 def check_checkpoint_folder(folder: str | os.PathLike) -> dict[str, Any]:
-    """Check that `folder` is a fused checkpoint that loads with `trust_remote_code`; return its config dict.
+    """Check that `folder` is an intact fused checkpoint that loads with `trust_remote_code`; return its config.
+
+    The shared checkpoint-folder check (weights' headers, code files and `auto_map` included); the tokenizer is
+    uploaded, not loaded, so a missing one is fine and a damaged one is refused.
 
     Raises:
-        `FileNotFoundError` or `ValueError`, naming what is missing and how to fix it.
+        `FileNotFoundError` or `ValueError`, naming what is missing or damaged and how to fix it.
     """
-    config = read_checkpoint_config(folder)
-    missing = [name for name in CODE_FILES if not (Path(folder) / name).is_file()]
-    if missing or not config.get("auto_map"):
-        raise ValueError(
-            f"{str(folder)!r} lacks {', '.join(missing) or 'an auto_map in config.json'}, so it would not load with "
-            "trust_remote_code; save the model again with `import hf_embfuse` done first."
-        )
-    return config
+    return read_checkpoint_config(folder, tokenizer="optional")
 
 
 # -- staging -------------------------------------------------------------------------------------------------

@@ -31,15 +31,30 @@ def load_datasets(wordsim_files: Sequence[str | os.PathLike], *, standard: bool 
 
 
 def load_checkpoint(folder: Path) -> tuple[Any, Any]:
-    """Load model and tokenizer from `folder` without remote code (importing hf_embfuse registers EmbFuse)."""
+    """Load model and tokenizer from `folder` without remote code (importing hf_embfuse registers EmbFuse).
+
+    The folder is checked first (`read_checkpoint_config`: config, weights' headers, code files of an
+    EmbFuse checkpoint, tokenizer files), so a damaged one is one error naming the file.
+
+    Raises:
+        FileNotFoundError / ValueError: the folder is no intact checkpoint with a tokenizer.
+    """
     import hf_embfuse  # noqa: F401  (registers the embfuse model type with the Auto classes)
 
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json; point at a saved checkpoint folder.")
+    from ..checkpoint_folder import read_checkpoint_config
+
+    read_checkpoint_config(folder, any_model=True, tokenizer="required")
     from transformers import AutoModel, AutoTokenizer
 
+    try:  # the tokenizer first: it is quick, and a damaged one should fail before the model loads
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # tokenizers raises its own exception types for a damaged vocabulary
+        reason = (str(error).splitlines() or [""])[0]
+        raise ValueError(
+            f"Could not load the tokenizer of {str(folder)!r} ({type(error).__name__}: {reason}); save it again "
+            "with `tokenizer.save_pretrained(folder)`."
+        ) from None
     model = AutoModel.from_pretrained(folder, trust_remote_code=False).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
 
 

@@ -139,6 +139,15 @@ class EmbFuseConfig(PretrainedConfig):
     def num_sources(self) -> int:
         return len(self.sources)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # Untying the head (PEFT's merge of a saved `lm_head`, a user) is decided by the wrapped model's own
+        # config when the checkpoint is loaded: keep the two in step.
+        base_config = self.__dict__.get("base_config")
+        if name == "tie_word_embeddings" and base_config is not None:
+            base_config.tie_word_embeddings = value
+            base_config.get_text_config(decoder=True).tie_word_embeddings = value
+
     def __getattr__(self, name: str) -> Any:
         # Trainer, pipelines, PEFT and generation read the wrapped model's attributes (`vocab_size`,
         # `hidden_size`, ...) on the model's config: answer with the base config's, which owns them.

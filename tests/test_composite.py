@@ -114,3 +114,17 @@ def test_from_base_names_the_class_it_cannot_wrap():
     base = tiny_base("bert", "sequence-classification")
     with pytest.raises(ValueError, match="Unknown task 'regression'"):
         hf_embfuse.from_base(base, task="regression")
+
+
+def test_untying_the_head_reaches_the_wrapped_config_and_survives_a_reload(tmp_path):
+    """What PEFT's merge of a trained `lm_head` does: the wrapper's flag is the one the base loads with."""
+    fused = tiny_fused("gpt2", "causal-lm")
+    head = fused.get_output_embeddings()
+    head.weight = nn.Parameter(head.weight.detach() + 0.1)
+    fused.config.tie_word_embeddings = False
+    assert fused.config.base_config.tie_word_embeddings is False
+    fused.save_pretrained(tmp_path)
+    loaded = hf_embfuse.EmbFuseForCausalLM.from_pretrained(tmp_path)
+    assert loaded.get_output_embeddings().weight is not loaded.get_input_embeddings().weight
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids()).logits, fused(input_ids=ids()).logits)

@@ -21,6 +21,7 @@ from .recipe import Recipe, SourceRecipe, validate_recipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source
 from .sources._checkpoint import require_path_or_repo_id
+from .sources.gguf_model import is_gguf_file, load_gguf_base
 from .sources.table import SourceTable
 from .transfer.build_steps import TargetBuild
 from .transfer.sparse_coding import sparse_coding_plan
@@ -178,10 +179,14 @@ def fuse_recipe(
     # A model passed in is read for its modules from where it was loaded, if anywhere.
     base_location = recipe.base if base_model is None else base_model.name_or_path
     tokenizer = base_tokenizer
+    kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
+    if base_model is None and is_gguf_file(recipe.base):
+        # A GGUF base: dequantised once, then loaded from a plain cached folder.
+        base_model, gguf_tokenizer = load_gguf_base(recipe.base, task.auto_class, **kwargs)
+        tokenizer = tokenizer or gguf_tokenizer
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, recipe.base)
     if base_model is None:
-        kwargs = {"num_labels": recipe.num_labels} if recipe.num_labels else {}
         base_model = _without_remote_code(task.auto_class.from_pretrained, recipe.base, **kwargs)
     modules = read_sentence_transformers_files(base_location) if base_location else None
     transfer, rows_tokenizer = None, tokenizer

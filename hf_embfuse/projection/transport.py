@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Bound the (batch × anchors) similarity block to about 128 MiB of float32.
 _MAX_BLOCK_ELEMENTS = 2**25
-SEARCHES = ("auto", "exact", "faiss")
-# "auto" searches exactly below this many (rows × anchors), approximately above it (when faiss is there).
+SEARCHES = ("auto", "exact", "clustered", "faiss")
+# "auto" searches exactly below this many (rows × anchors), by clusters above it.
 _EXACT_UP_TO = 2**31
 _RECALL_SAMPLE = 1000
 
@@ -285,8 +285,9 @@ def anchor_neighbours(
 
     chosen = _choose_search(search, row_ids.numel(), n_anchors)
     recall = None
-    if chosen == "faiss":
-        cosines, positions = _faiss_search(unit, anchor_unit, wanted)
+    if chosen != "exact":
+        search_fn = _faiss_search if chosen == "faiss" else _clustered_search
+        cosines, positions = search_fn(unit, anchor_unit, wanted)
         sample = torch.randperm(row_ids.numel(), generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLE]
         _, exact = _exact_search(unit[sample], anchor_unit, wanted, batch_size)
         found = (positions[sample].unsqueeze(2) == exact.unsqueeze(1)).any(dim=2)
@@ -308,15 +309,7 @@ def _choose_search(search: str, n_rows: int, n_anchors: int) -> str:
         raise ImportError("search='faiss' needs faiss-cpu: pip install 'hf-embfuse[ann]'.")
     if search != "auto":
         return search
-    if n_rows * n_anchors > _EXACT_UP_TO and n_anchors > 4096:
-        if faiss_available():
-            return "faiss"
-        logger.info(
-            "Exact transport over %d rows x %d anchors; pip install 'hf-embfuse[ann]' for a fast approximate search.",
-            n_rows,
-            n_anchors,
-        )
-    return "exact"
+    return "clustered" if n_rows * n_anchors > _EXACT_UP_TO and n_anchors > 4096 else "exact"
 
 
 def _exact_search(
@@ -329,6 +322,59 @@ def _exact_search(
         sims = queries[start : start + batch] @ anchors.T
         cosines[start : start + batch], positions[start : start + batch] = sims.topk(k, dim=1)
     return cosines, positions
+
+
+def _clustered_search(
+    queries: torch.Tensor, anchors: torch.Tensor, k: int, probes: int = 8, iterations: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inverted-file search in large matrix products: spherical k-means of the anchors into ~√n cells;
+    each query is compared with the anchors of the `probes` cells whose centres are nearest to it.
+
+    Each query scans about `probes / √n` of the anchors (8 / 247 ≈ 3% for 61k). The work is one dense
+    product per cell (its anchors against the queries that probe it), merged into a running top-k.
+    """
+    n = anchors.shape[0]
+    cells = max(1, round(math.sqrt(n)))
+    probes = min(probes, cells)
+    generator = torch.Generator().manual_seed(0)
+    centres = anchors[torch.randperm(n, generator=generator)[:cells]].clone()
+    for _ in range(iterations):
+        member = _nearest(anchors, centres, 1)[:, 0]
+        sums = torch.zeros_like(centres).index_add_(0, member, anchors)
+        empty = torch.bincount(member, minlength=cells) == 0
+        centres = torch.where(empty.unsqueeze(1), centres, torch.nn.functional.normalize(sums, dim=1))
+    member = _nearest(anchors, centres, 1)[:, 0]
+    probed = _nearest(queries, centres, probes)  # (queries, probes) cell ids
+    cosines = torch.full((queries.shape[0], k), float("-inf"))
+    positions = torch.zeros(queries.shape[0], k, dtype=torch.long)
+    order = torch.argsort(member)
+    starts = torch.searchsorted(member[order], torch.arange(cells + 1)).tolist()
+    asking = torch.argsort(probed.flatten())  # (query, probe) pairs grouped by cell
+    ask_starts = torch.searchsorted(probed.flatten()[asking], torch.arange(cells + 1)).tolist()
+    for cell in range(cells):
+        inside = order[starts[cell] : starts[cell + 1]]
+        asked = asking[ask_starts[cell] : ask_starts[cell + 1]] // probes
+        if inside.numel() == 0 or asked.numel() == 0:
+            continue
+        sims = queries[asked] @ anchors[inside].T
+        top, where = sims.topk(min(k, inside.numel()), dim=1)
+        merged = torch.cat([cosines[asked], top], dim=1)
+        best, pick = merged.topk(k, dim=1)
+        cosines[asked] = best
+        positions[asked] = torch.cat([positions[asked], inside[where]], dim=1).gather(1, pick)
+    # A query whose probed cells held fewer than k anchors keeps -inf entries: repeat its nearest found.
+    short = torch.isinf(cosines)
+    if bool(short.any()):
+        positions = torch.where(short, positions[:, :1], positions)
+        cosines = torch.where(short, cosines[:, :1], cosines)
+    return cosines, positions
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, count: int, block: int = 65536) -> torch.Tensor:
+    """The `count` centres nearest (by inner product) to each point, `(points, count)`."""
+    return torch.cat(
+        [(points[i : i + block] @ centres.T).topk(count, dim=1).indices for i in range(0, points.shape[0], block)]
+    )
 
 
 def _faiss_search(queries: torch.Tensor, anchors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

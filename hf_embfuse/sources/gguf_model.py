@@ -1,0 +1,63 @@
+"""A GGUF file as a *base* model: dequantised by transformers once, then cached as a plain HF folder.
+
+transformers reads a GGUF checkpoint by dequantising every tensor in Python (SmolLM2-135M: ~25 s);
+the same model saved as safetensors loads in under a second, so the first load writes that folder
+under `cache_root()/gguf-models`, keyed by the file's name, size and modification time like the
+tokenizer cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ._gguf_tokenizer import load_gguf_tokenizer, tokenizer_cache_dir
+from .cache import cache_root
+
+logger = logging.getLogger(__name__)
+
+
+def is_gguf_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a local `.gguf` file."""
+    path = Path(os.fspath(path)).expanduser()
+    return path.is_file() and path.suffix.lower() == ".gguf"
+
+
+def load_gguf_base(path: str | os.PathLike, auto_class: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The model (of `auto_class`) and tokenizer stored in a GGUF file, from the cache after the first time."""
+    path = Path(os.fspath(path)).expanduser()
+    tokenizer, _ = load_gguf_tokenizer(path)
+    folder = cache_root() / "gguf-models" / tokenizer_cache_dir(path).name
+    if (folder / "config.json").is_file():
+        try:
+            return auto_class.from_pretrained(str(folder), **kwargs), tokenizer
+        except Exception as error:  # a damaged cache entry is rebuilt, never fatal
+            logger.warning(
+                "Cached model %s is unreadable (%s); converting %s again.", folder, error, path.name
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+    logger.info("Dequantising %s (done once, then cached in %s).", path.name, folder)
+    model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+    model.hf_quantizer = None  # a plain checkpoint from now on
+    _save_atomically(model, folder)
+    return model, tokenizer
+
+
+def _save_atomically(model: Any, folder: Path) -> None:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as error:
+        logger.warning("Not caching the dequantised model: cannot write to %s (%s).", folder.parent, error)
+        return
+    try:
+        model.save_pretrained(str(tmp))
+        os.rename(tmp, folder)
+    except OSError as error:  # another process may have written the same entry first
+        logger.debug("Model cache entry %s not written (%s).", folder, error)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

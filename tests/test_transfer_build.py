@@ -1,0 +1,239 @@
+"""Vocabulary transfer on tiny in-memory tokenizers: the model gets the target's vocabulary and tokenizer.
+
+WordPiece -> BPE (an MLM with a tied decoder and its bias), BPE -> Unigram (tied and untied LM heads),
+and added tokens. Each saved folder reloads in a fresh process without hf_embfuse, with the target's
+tokenizer, and generates; baked equals fused.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_embfuse
+from hf_embfuse.bake import bake
+from tests.fixtures_models import tiny_base
+from tests.fixtures_tokenizers import (
+    DEFAULT_UNIGRAM_PIECES,
+    make_bpe_tokenizer,
+    make_unigram_tokenizer,
+    make_wordpiece_tokenizer,
+)
+from tests.fresh_process import REPO
+
+TEXT = "the cat play hello"
+
+CHILD = r"""
+import json, os, sys
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != REPO]
+sys.modules["hf_embfuse"] = None  # any `import hf_embfuse` now raises ImportError
+import torch, transformers
+from safetensors.torch import save_file
+folder, auto_class, text, out = sys.argv[1:5]
+tokenizer = transformers.AutoTokenizer.from_pretrained(folder)  # no remote code for the tokenizer
+model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+assert "hf_embfuse" not in type(model).__module__
+ids = tokenizer(text, return_tensors="pt").input_ids
+result = {"ids": ids.contiguous()}
+with torch.no_grad():
+    result["logits"] = model(input_ids=ids).logits.contiguous()
+    if auto_class == "AutoModelForCausalLM":
+        result["generated"] = model.generate(ids, max_new_tokens=4, do_sample=False).contiguous()
+save_file(result, out)
+json.dump({"vocab": tokenizer.get_vocab(), "eos": tokenizer.eos_token_id}, open(out + ".json", "w"))
+"""
+
+
+def _in_fresh_process(folder: Path, auto_class: str, workdir: Path) -> tuple[dict, dict]:
+    out = str(workdir.resolve() / "child.safetensors")
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"REPO = {str(REPO)!r}\n" + CHILD,
+            str(folder.resolve()),
+            auto_class,
+            TEXT,
+            out,
+        ],
+        cwd=workdir,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return load_file(out), json.loads(Path(out + ".json").read_text())
+
+
+def _donor(tmp_path: Path, tokenizer, arch: str, seed: int = 7) -> str:
+    """A tiny model of `tokenizer`'s vocabulary saved with it: the donor that owns the target tokenizer."""
+    folder = tmp_path / f"donor-{arch}"
+    tiny_base(arch, "base", seed=seed, vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+CASES = {
+    # name: (base arch, task, base tokenizer, target tokenizer, donor arch, auto class)
+    "wordpiece->bpe (masked-lm, tied decoder + bias)": (
+        "bert",
+        "masked-lm",
+        make_wordpiece_tokenizer,
+        make_bpe_tokenizer,
+        "gpt2",
+        "AutoModelForMaskedLM",
+    ),
+    "bpe->unigram (tied head)": (
+        "gpt2",
+        "causal-lm",
+        make_bpe_tokenizer,
+        make_unigram_tokenizer,
+        "llama",
+        "AutoModelForCausalLM",
+    ),
+    "bpe->unigram (untied head)": (
+        "llama",
+        "causal-lm",
+        make_bpe_tokenizer,
+        make_unigram_tokenizer,
+        "gpt2",
+        "AutoModelForCausalLM",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_transfer_reloads_in_a_fresh_process_with_the_target_tokenizer_and_bakes(case, tmp_path):
+    arch, task, base_factory, target_factory, donor_arch, auto_class = CASES[case]
+    base_tokenizer, target = base_factory(), target_factory()
+    base = tiny_base(arch, task, vocab_size=len(base_tokenizer))
+    donor = _donor(tmp_path, target, donor_arch)
+    result = hf_embfuse.fuse(
+        base,
+        [{"path": donor}],
+        task=task,
+        base_tokenizer=base_tokenizer,
+        tokenizer="source:1",
+        allow_low_overlap=True,
+    )
+    model = result.model.eval()
+    assert result.tokenizer.get_vocab() == target.get_vocab()
+    assert model.get_input_embeddings().num_embeddings == len(target) == model.config.vocab_size
+    assert model.get_output_embeddings().weight.shape[0] == len(target)
+    for role in ("pad", "bos", "eos"):
+        assert getattr(model.config.base_config, f"{role}_token_id") == getattr(target, f"{role}_token_id")
+    rows = result.transfer["rows"]
+    assert set(rows) == {"base", Path(donor).name}
+    assert rows["base"]["matched"] > 0 and rows[Path(donor).name]["transported"] > 0
+
+    folder = tmp_path / "fused"
+    result.save_pretrained(folder)
+    child, files = _in_fresh_process(folder, auto_class, tmp_path)
+    assert files["vocab"] == target.get_vocab()
+    ids = target(TEXT, return_tensors="pt").input_ids
+    torch.testing.assert_close(child["ids"], ids)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        torch.testing.assert_close(child["logits"], logits, atol=1e-5, rtol=1e-5)
+        baked = bake(model).eval()
+        torch.testing.assert_close(baked(input_ids=ids).logits, logits, atol=1e-5, rtol=1e-5)
+    if auto_class == "AutoModelForCausalLM":
+        expected = model.generate(ids, max_new_tokens=4, do_sample=False)
+        torch.testing.assert_close(child["generated"], expected)
+        assert child["generated"].shape[1] > ids.shape[1]
+
+
+def test_rows_follow_the_piece_rules_and_the_head_is_rebuilt_from_the_base_head(tmp_path):
+    """Base weight 1: copied rows are the base's own, new input rows the mean of the base's pieces,
+    new rows of an untied head the base head's first piece."""
+    base_tokenizer = make_bpe_tokenizer()
+    target = make_unigram_tokenizer((*DEFAULT_UNIGRAM_PIECES, "▁catdog"))
+    base = tiny_base("llama", "causal-lm", vocab_size=len(base_tokenizer))
+    old_input = base.get_input_embeddings().weight.detach().clone()
+    old_head = base.get_output_embeddings().weight.detach().clone()
+    donor = _donor(tmp_path, target, "gpt2")
+    model = hf_embfuse.fuse(
+        base,
+        [{"path": donor, "weight": 0.0}],
+        task="causal-lm",
+        mixing="fixed",
+        base_weight=1.0,
+        base_tokenizer=base_tokenizer,
+        tokenizer="source:1",
+        allow_low_overlap=True,
+    ).model
+    fused = model.get_input_embeddings().fused_weight()
+    head = model.get_output_embeddings().weight.detach()
+    copied = target.convert_tokens_to_ids("▁cat")
+    torch.testing.assert_close(fused[copied], old_input[base_tokenizer.convert_tokens_to_ids("Ġcat")])
+    torch.testing.assert_close(head[copied], old_head[base_tokenizer.convert_tokens_to_ids("Ġcat")])
+    # "▁catdog" is no base token: the base tokenizer cuts " catdog" into pieces.
+    new = target.convert_tokens_to_ids("▁catdog")
+    pieces = base_tokenizer(" catdog", add_special_tokens=False).input_ids
+    assert len(pieces) > 1
+    torch.testing.assert_close(fused[new], old_input[pieces].mean(0))
+    torch.testing.assert_close(head[new], old_head[pieces[0]])
+
+
+def test_omp_donor_builds_and_reports_its_rows(tmp_path):
+    base_tokenizer, target = make_bpe_tokenizer(), make_unigram_tokenizer()
+    base = tiny_base("gpt2", "causal-lm", vocab_size=len(base_tokenizer))
+    donor = _donor(tmp_path, target, "llama")
+    result = hf_embfuse.fuse(
+        base,
+        [{"path": donor, "projection": "omp", "transport_k": 4}],
+        task="causal-lm",
+        base_tokenizer=base_tokenizer,
+        tokenizer="source:1",
+        allow_low_overlap=True,
+    )
+    assert result.reports[0].projection["method"] == "omp"
+    assert (
+        result.transfer["rows"][Path(donor).name]["transported"] == result.reports[0].projection["rows"] > 0
+    )
+    table = result.model.get_input_embeddings().source_tables[0]
+    assert torch.isfinite(table).all() and table.abs().sum() > 0
+
+
+def test_added_tokens_extend_the_base_vocabulary_and_existing_ones_are_not_duplicated(tmp_path):
+    base_tokenizer = make_bpe_tokenizer()
+    base = tiny_base("gpt2", "causal-lm", vocab_size=len(base_tokenizer))
+    result = hf_embfuse.fuse(
+        base,
+        [{"path": _donor(tmp_path, base_tokenizer, "llama")}],
+        task="causal-lm",
+        base_tokenizer=base_tokenizer,
+        added_tokens=[
+            "playing",
+            "<|endoftext|>",
+            {"content": "<|im_start|>", "role": "additional"},
+            "playing",
+        ],
+    )
+    added = result.transfer["added_tokens"]
+    assert added["added"] == ["playing", "<|im_start|>"] and added["existing"] == ["<|endoftext|>"]
+    tokenizer = result.tokenizer
+    assert len(tokenizer) == len(base_tokenizer) + 2
+    assert len(base_tokenizer) == 309  # the caller's tokenizer is left as it was
+    assert "<|im_start|>" in tokenizer.all_special_tokens
+    model = result.model
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    # The new word is the mean of its base pieces (base weight 0.5 mixes in the donor's transported rows).
+    new = tokenizer.convert_tokens_to_ids("playing")
+    assert tokenizer("playing", add_special_tokens=False).input_ids == [new]
+    coverage = model.get_input_embeddings().coverage
+    assert bool(coverage[new, 0])
+    # An old token keeps its id.
+    assert tokenizer.convert_tokens_to_ids("Ġcat") == base_tokenizer.convert_tokens_to_ids("Ġcat")
+    folder = tmp_path / "fused"
+    result.save_pretrained(folder)
+    child, files = _in_fresh_process(folder, "AutoModelForCausalLM", tmp_path)
+    assert files["vocab"] == tokenizer.get_vocab()
+    assert child["generated"].shape[1] > child["ids"].shape[1]

@@ -373,7 +373,10 @@ def _clustered_search(
 def _nearest(points: torch.Tensor, centres: torch.Tensor, count: int, block: int = 65536) -> torch.Tensor:
     """The `count` centres nearest (by inner product) to each point, `(points, count)`."""
     return torch.cat(
-        [(points[i : i + block] @ centres.T).topk(count, dim=1).indices for i in range(0, points.shape[0], block)]
+        [
+            (points[i : i + block] @ centres.T).topk(count, dim=1).indices
+            for i in range(0, points.shape[0], block)
+        ]
     )
 
 

@@ -141,12 +141,16 @@ class EmbFuseConfig(PretrainedConfig):
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        # Untying the head (PEFT's merge of a saved `lm_head`, a user) is decided by the wrapped model's own
-        # config when the checkpoint is loaded: keep the two in step.
+        # What users, PEFT and `from_pretrained(..., num_labels=5)` set on the model's config is decided by the
+        # wrapped model's own config when the model is built: keep the two in step.
         base_config = self.__dict__.get("base_config")
-        if name == "tie_word_embeddings" and base_config is not None:
+        if base_config is None:
+            return
+        if name == "tie_word_embeddings":
             base_config.tie_word_embeddings = value
             base_config.get_text_config(decoder=True).tie_word_embeddings = value
+        elif name in ("id2label", "label2id") and value is not None:
+            setattr(base_config, name, dict(value))
 
     def __getattr__(self, name: str) -> Any:
         # Trainer, pipelines, PEFT and generation read the wrapped model's attributes (`vocab_size`,

@@ -128,3 +128,12 @@ def test_untying_the_head_reaches_the_wrapped_config_and_survives_a_reload(tmp_p
     assert loaded.get_output_embeddings().weight is not loaded.get_input_embeddings().weight
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids()).logits, fused(input_ids=ids()).logits)
+
+
+def test_num_labels_given_at_load_time_sizes_the_wrapped_head(tmp_path):
+    """Fine-tuning a fused bare model for classification: `from_pretrained(..., num_labels=5)` as for any model."""
+    tiny_fused("bert").save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    assert model.num_labels == model.config.num_labels == 5
+    with torch.no_grad():
+        assert model(input_ids=ids()).logits.shape == (2, 5)

@@ -34,6 +34,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_embfuse.evaluation.bits_per_byte import score_lines, start_token_id
+from hf_embfuse.evaluation.text_command import forget_gguf_quantizer
 
 logger = logging.getLogger("transplant")
 
@@ -60,6 +61,7 @@ def heal_parameters(model: Any, train: str = "embedding") -> list[torch.nn.Param
 
 def prepare_for_heal(model: Any, train: str = "embedding", lora: bool = False) -> Any:
     """Freeze everything but what `train` names (plus LoRA adapters when `lora`); returns the model to train."""
+    forget_gguf_quantizer(model)  # a GGUF base is dequantised: plain weights the Trainer may train
     model.requires_grad_(False)
     chosen = heal_parameters(model, train)
     if lora:

@@ -13,6 +13,30 @@ from .bits_per_byte import TextScore, added_token_ids, read_text_lines, score_li
 logger = logging.getLogger(__name__)
 
 
+def forget_gguf_quantizer(model: Any) -> Any:
+    """Mark a model read from a GGUF file (or from a folder saved after that) as the plain model it is.
+
+    transformers dequantises GGUF weights to floats on load, yet keeps a GGUF quantizer and writes
+    `quantization_config` into the saved config; the Trainer then refuses to train it ("purely
+    quantized models"). The weights are ordinary tensors, so both are dropped, on every wrapped model.
+    """
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        for each in (config, getattr(config, "base_config", None)):
+            quantization = getattr(each, "quantization_config", None)
+            method = getattr(quantization, "quant_method", None) or (quantization or {}).get("quant_method")
+            if quantization is not None and str(getattr(method, "value", method)) == "gguf":
+                delattr(each, "quantization_config")
+        quantizer = getattr(module, "hf_quantizer", None)
+        if quantizer is not None and type(quantizer).__name__ == "GgufHfQuantizer":
+            # What transformers' own `remove_quantization_config` undoes, for a quantizer it cannot remove.
+            module.hf_quantizer = None
+            module.is_quantized = False
+            if config is not None and getattr(config, "_is_quantized", False):
+                config._is_quantized = False
+    return model
+
+
 def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
     """A causal LM and its tokenizer from an EmbFuse folder, a plain HF folder (or Hub id), or a GGUF file.
 
@@ -39,7 +63,7 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
             raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
         # Dequantised once, then read from a plain cached folder.
         model, tokenizer = load_gguf_base(path, AutoModelForCausalLM, dtype=torch.float32)
-        return model.eval(), tokenizer
+        return forget_gguf_quantizer(model).eval(), tokenizer
     if not path.exists() and (path.is_absolute() or str(name).startswith(".")):
         raise FileNotFoundError(
             f"model {str(name)!r} does not exist; give a model folder, a GGUF file or a Hub id"
@@ -57,7 +81,7 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
             raise
         raise not_causal from None
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return model.eval(), tokenizer
+    return forget_gguf_quantizer(model).eval(), tokenizer
 
 
 # Class-name endings of models that predict the next token (what `architectures` in config.json says).

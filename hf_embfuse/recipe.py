@@ -133,10 +133,13 @@ class Recipe(_Strict):
     )
     allow_low_overlap: bool = False
     output_head: Literal["auto", "tied", "untied"] = Field(
-        "auto", description="LM head over a new vocabulary: tied to the base table, or rebuilt on its own."
+        "auto",
+        description="LM head over a new vocabulary: tied to source 0 (the base's table), or untied and rebuilt "
+        "as the mixture; auto = untied (measured better).",
     )
     input_pieces: PieceRule = Field("mean", description="How the base's pieces make a new input row.")
-    output_pieces: PieceRule = Field("first", description="How the base's pieces make a new output row.")
+    # "mean" measured better than tokensurgeon's "first" for SmolLM2 -> Gemma-3 (1.141x vs 1.211x own bits/byte).
+    output_pieces: PieceRule = Field("mean", description="How the base's pieces make a new output row.")
 
     @field_validator("added_tokens", mode="before")
     @classmethod

@@ -81,22 +81,24 @@ def _donor(tmp_path: Path, tokenizer, arch: str, seed: int = 7) -> str:
 
 
 CASES = {
-    # name: (base arch, task, base tokenizer, target tokenizer, donor arch, auto class)
-    "wordpiece->bpe (masked-lm, tied decoder + bias)": (
+    # name: (base arch, task, base tokenizer, target tokenizer, donor arch, auto class, output_head)
+    "wordpiece->bpe (masked-lm, tied decoder + bias, untied by default)": (
         "bert",
         "masked-lm",
         make_wordpiece_tokenizer,
         make_bpe_tokenizer,
         "gpt2",
         "AutoModelForMaskedLM",
+        "auto",
     ),
-    "bpe->unigram (tied head)": (
+    "bpe->unigram (tied head kept tied)": (
         "gpt2",
         "causal-lm",
         make_bpe_tokenizer,
         make_unigram_tokenizer,
         "llama",
         "AutoModelForCausalLM",
+        "tied",
     ),
     "bpe->unigram (untied head)": (
         "llama",
@@ -105,13 +107,14 @@ CASES = {
         make_unigram_tokenizer,
         "gpt2",
         "AutoModelForCausalLM",
+        "auto",
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_transfer_reloads_in_a_fresh_process_with_the_target_tokenizer_and_bakes(case, tmp_path):
-    arch, task, base_factory, target_factory, donor_arch, auto_class = CASES[case]
+    arch, task, base_factory, target_factory, donor_arch, auto_class, head = CASES[case]
     base_tokenizer, target = base_factory(), target_factory()
     base = tiny_base(arch, task, vocab_size=len(base_tokenizer))
     donor = _donor(tmp_path, target, donor_arch)
@@ -122,11 +125,19 @@ def test_transfer_reloads_in_a_fresh_process_with_the_target_tokenizer_and_bakes
         base_tokenizer=base_tokenizer,
         tokenizer="source:1",
         allow_low_overlap=True,
+        output_head=head,
     )
     model = result.model.eval()
     assert result.tokenizer.get_vocab() == target.get_vocab()
     assert model.get_input_embeddings().num_embeddings == len(target) == model.config.vocab_size
     assert model.get_output_embeddings().weight.shape[0] == len(target)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (head == "tied") == (result.transfer["head"] == "tied")
+    if arch != "llama" and head == "auto":
+        # A tied base head is untied and rebuilt as the mixture: at build time, the fused input table.
+        torch.testing.assert_close(
+            model.get_output_embeddings().weight, model.get_input_embeddings().fused_weight()
+        )
     for role in ("pad", "bos", "eos"):
         assert getattr(model.config.base_config, f"{role}_token_id") == getattr(target, f"{role}_token_id")
     rows = result.transfer["rows"]
@@ -168,6 +179,7 @@ def test_rows_follow_the_piece_rules_and_the_head_is_rebuilt_from_the_base_head(
         base_tokenizer=base_tokenizer,
         tokenizer="source:1",
         allow_low_overlap=True,
+        output_pieces="first",
     ).model
     fused = model.get_input_embeddings().fused_weight()
     head = model.get_output_embeddings().weight.detach()

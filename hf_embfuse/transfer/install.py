@@ -163,6 +163,12 @@ def _set_vocabulary_config(model: Any, tokenizer: Any, num_rows: int, *, tied: b
         config.vocab_size = num_rows
         if tied is not None:
             config.tie_word_embeddings = tied
+    if tied is not None:
+        # transformers keeps each model's tied-weight mapping from when it was built, and a wrapper collects
+        # its children's: recompute it, or the wrapper ties a rebuilt head back to the input table.
+        for module in model.modules():
+            if hasattr(module, "get_expanded_tied_weights_keys") and hasattr(module, "all_tied_weights_keys"):
+                module.all_tied_weights_keys = module.get_expanded_tied_weights_keys(all_submodels=True)
     generation = getattr(model, "generation_config", None)
     for attribute, role in _ID_ROLES.items():
         token_id = getattr(tokenizer, f"{role}_id", None)

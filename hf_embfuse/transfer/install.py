@@ -163,6 +163,10 @@ def _set_vocabulary_config(model: Any, tokenizer: Any, num_rows: int, *, tied: b
         config.vocab_size = num_rows
         if tied is not None:
             config.tie_word_embeddings = tied
+    for module in model.modules():
+        # Models copy `config.vocab_size` at init (Gemma-3's loss reshapes the logits by it).
+        if isinstance(getattr(module, "vocab_size", None), int):
+            module.vocab_size = num_rows
     if tied is not None:
         # transformers keeps each model's tied-weight mapping from when it was built, and a wrapper collects
         # its children's: recompute it, or the wrapper ties a rebuilt head back to the input table.

@@ -193,7 +193,13 @@ def fuse_recipe(
     if recipe.transfers_vocabulary or target_tokenizer is not None:
         # The rows are the target's: the base's own table is aligned onto them as source 0.
         transfer = TargetBuild.start(
-            recipe, base_model, tokenizer, target_tokenizer, lambda i: _read(recipe.sources[i]), show_progress
+            recipe,
+            base_model,
+            tokenizer,
+            target_tokenizer,
+            lambda i: _read(recipe.sources[i]),
+            show_progress,
+            base_model_name(recipe.base, recipe.base_hub_id),
         )
         rows_tokenizer, base_vocabulary = transfer.target.tokenizer, transfer.base.vocabulary
         base_table, special = transfer.base.table, transfer.base.special

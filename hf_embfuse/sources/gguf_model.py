@@ -34,17 +34,25 @@ def load_gguf_base(path: str | os.PathLike, auto_class: Any, **kwargs: Any) -> t
     folder = cache_root() / "gguf-models" / tokenizer_cache_dir(path).name
     if (folder / "config.json").is_file():
         try:
-            return auto_class.from_pretrained(str(folder), **kwargs), tokenizer
+            return _plain(auto_class.from_pretrained(str(folder), **kwargs)), tokenizer
         except Exception as error:  # a damaged cache entry is rebuilt, never fatal
             logger.warning(
                 "Cached model %s is unreadable (%s); converting %s again.", folder, error, path.name
             )
             shutil.rmtree(folder, ignore_errors=True)
     logger.info("Dequantising %s (done once, then cached in %s).", path.name, folder)
-    model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
-    model.hf_quantizer = None  # a plain checkpoint from now on
+    model = _plain(auto_class.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs))
     _save_atomically(model, folder)
     return model, tokenizer
+
+
+def _plain(model: Any) -> Any:
+    """The dequantised model as an ordinary float one: no quantizer, no `quantization_config` to save."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.name_or_path = ""  # the cache folder is no name to keep in a checkpoint
+    return model
 
 
 def _save_atomically(model: Any, folder: Path) -> None:

@@ -84,6 +84,7 @@ def align_base(
     min_overlap: float = 0.01,
     allow_low_overlap: bool = False,
     show_progress: bool = False,
+    name: str = "base",
 ) -> BaseOnTarget:
     """Align the base's input table onto the target vocabulary and check that they share enough tokens.
 
@@ -95,7 +96,6 @@ def align_base(
     output = base_model.get_output_embeddings()
     tied = output is not None and output.weight is embedding.weight
     vocabulary = Vocabulary.from_tokenizer(target_tokenizer)
-    name = getattr(base_model, "name_or_path", "") or "base"
     aligned = align_onto_target(
         base_source_table(name, embedding.weight, base_tokenizer),
         target_tokenizer,

@@ -57,6 +57,7 @@ class TargetBuild:
         target_tokenizer: Any,
         read: Callable[[int], SourceTable],
         show_progress: bool = False,
+        base_name: str = "base",
     ) -> TargetBuild:
         """Resolve the target and lay the base's own tables on it.
 
@@ -67,6 +68,7 @@ class TargetBuild:
             target_tokenizer: a tokenizer object given to `fuse(tokenizer=...)`, else `None`.
             read: reads source `i` (0-based) of the recipe; used for `tokenizer: source:N`.
             show_progress: progress bars while decomposing.
+            base_name: how reports name the base (a Hub id or folder name, never a local path).
         """
         pre_read = {}
         if target_tokenizer is None and recipe.target_source is not None:
@@ -88,6 +90,7 @@ class TargetBuild:
             min_overlap=recipe.min_overlap,
             allow_low_overlap=recipe.allow_low_overlap,
             show_progress=show_progress,
+            name=base_name,
         )
         head = base_model.get_output_embeddings()
         untie = head is not None and base.tied and _untie(recipe.output_head)

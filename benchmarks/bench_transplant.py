@@ -52,7 +52,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import hf_embfuse  # noqa: E402
 from hf_embfuse.alignment import align_source  # noqa: E402
-from hf_embfuse.evaluation.bits_per_byte import score_lines  # noqa: E402
+from hf_embfuse.evaluation.bits_per_byte import score_lines, start_token_id  # noqa: E402
 from hf_embfuse.evaluation.dev_text import dev_split, oanc_sentences  # noqa: E402
 from hf_embfuse.evaluation.text_command import forget_gguf_quantizer  # noqa: E402
 from hf_embfuse.sources import cache_root  # noqa: E402
@@ -251,8 +251,22 @@ def mean_resized(base: Any, base_tokenizer: Any, words: list[str]) -> tuple[Any,
 # --------------------------------------------------------------------------- the run
 
 
-def score(model: Any, tokenizer: Any, lines: list[str]) -> tuple[float, float]:
-    result, seconds = timed(score_lines, model, tokenizer, lines)
+def body_start_token(model: Any, tokenizer: Any, base: Any, base_tokenizer: Any) -> int:
+    """The target id whose input row is the body's own start token's row, else the target's bos.
+
+    Lines start with one unscored token (see bits_per_byte.py); a transplanted body should see the start
+    token it was trained with (Gemma-3: `<bos>`; SmolLM2: `<|endoftext|>`), whatever id it has now.
+    """
+    row = base.get_input_embeddings().weight[start_token_id(base_tokenizer)]
+    table = model.get_input_embeddings().weight
+    same = (table == row).all(1).nonzero().flatten()
+    if len(same):
+        return int(same[0])
+    return start_token_id(tokenizer) if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
+
+
+def score(model: Any, tokenizer: Any, lines: list[str], start: int | None = None) -> tuple[float, float]:
+    result, seconds = timed(score_lines, model, tokenizer, lines, start_token=start)
     return result.bits_per_byte, seconds
 
 
@@ -265,9 +279,26 @@ def run_pair(
     options = recipe_options(pair)
     rows: dict[str, dict[str, Any]] = {}
 
-    def add(name: str, model: Any, tokenizer: Any, build_seconds: float | None, **extra: Any) -> None:
-        bpb, seconds = score(model, tokenizer, lines)
-        rows[name] = {"bits_per_byte": bpb, "build_seconds": build_seconds, "eval_seconds": seconds, **extra}
+    def add(
+        name: str,
+        model: Any,
+        tokenizer: Any,
+        build_seconds: float | None,
+        start: int | None = None,
+        **extra: Any,
+    ) -> None:
+        if start is None and name != "own":
+            start = body_start_token(model, tokenizer, base, base_tokenizer)
+        bpb, seconds = score(model, tokenizer, lines, start)
+        rows[name] = {
+            "bits_per_byte": bpb,
+            "build_seconds": build_seconds,
+            "eval_seconds": seconds,
+            "start_token": tokenizer.convert_ids_to_tokens(
+                start if start is not None else start_token_id(tokenizer)
+            ),
+            **extra,
+        }
         own = rows.get("own", {}).get("bits_per_byte", bpb)
         build = "-" if build_seconds is None else f"{build_seconds:.1f} s"
         print(f"[{pair}] {name:<13} {bpb:.4f} bits/byte  {bpb / own:.3f}x  build {build}", flush=True)
@@ -301,12 +332,14 @@ def run_pair(
         add("tokensurgeon", model, AutoTokenizer.from_pretrained(str(surgeon_dir)), seconds)
         del model
     heal_minutes = args.heal_minutes if pair == "gemma3->smollm2" else args.other_heal_minutes
+    start = body_start_token(result.model, result.tokenizer, base, base_tokenizer)
     healed, curve = transplant.heal(
         result.model,
         result.tokenizer,
         train,
         lines[: args.curve_lines],
         out_dir=OUT / "heal-trainer",
+        start_token=start,
         minutes=heal_minutes,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -314,8 +347,15 @@ def run_pair(
         show_progress=not args.no_progress,
     )
     own_curve = score(base, base_tokenizer, lines[: args.curve_lines])[0]
+    # the own row's start token, in case no transplanted row holds it (then the target's bos was used)
     add(
-        "ours healed", healed, result.tokenizer, None, heal_minutes=heal_minutes, heal_steps=curve[-1]["step"]
+        "ours healed",
+        healed,
+        result.tokenizer,
+        None,
+        start,
+        heal_minutes=heal_minutes,
+        heal_steps=curve[-1]["step"],
     )
     return {
         "rows": rows,

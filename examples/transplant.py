@@ -86,8 +86,10 @@ def prepare_for_heal(model: Any, train: str = "embedding", lora: bool = False) -
 class LineDataset(torch.utils.data.Dataset):
     """Lines as causal-LM examples: the start token, then the line's tokens (as bits per byte scores them)."""
 
-    def __init__(self, tokenizer: Any, lines: list[str], max_length: int = 256) -> None:
-        start = start_token_id(tokenizer)
+    def __init__(
+        self, tokenizer: Any, lines: list[str], max_length: int = 256, start: int | None = None
+    ) -> None:
+        start = start_token_id(tokenizer) if start is None else start
         encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
         self.examples = [[start, *ids][:max_length] for ids in encoded if ids]
         self.pad = start
@@ -118,15 +120,17 @@ class BitsPerByteCurve(TrainerCallback):
     Only the training steps count towards `minutes` (and `train_seconds`), not the evaluations.
     """
 
-    def __init__(self, tokenizer: Any, lines: list[str], every: int, minutes: float | None) -> None:
-        self.tokenizer, self.lines, self.every = tokenizer, lines, every
+    def __init__(
+        self, tokenizer: Any, lines: list[str], every: int, minutes: float | None, start: int | None = None
+    ) -> None:
+        self.tokenizer, self.lines, self.every, self.start = tokenizer, lines, every, start
         self.limit = None if minutes is None else 60.0 * minutes
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self._step_began = 0.0
 
     def measure(self, model: Any, step: int) -> float:
-        bpb = score_lines(model, self.tokenizer, self.lines).bits_per_byte
+        bpb = score_lines(model, self.tokenizer, self.lines, start_token=self.start).bits_per_byte
         self.history.append(
             {"step": step, "bits_per_byte": bpb, "train_seconds": round(self.train_seconds, 1)}
         )
@@ -167,12 +171,16 @@ def heal(
     batch_size: int = 8,
     eval_every: int = 25,
     seed: int = 0,
+    start_token: int | None = None,
     show_progress: bool = True,
 ) -> tuple[Any, list[dict[str, float]]]:
-    """Train what `train` names on `train_lines`; returns the model (LoRA merged) and the bits-per-byte curve."""
+    """Train what `train` names on `train_lines`; returns the model (LoRA merged) and the bits-per-byte curve.
+
+    `start_token` is the id put before every line, in training and in the curve (see `score_lines`).
+    """
     model = prepare_for_heal(model, train, lora)
-    dataset = LineDataset(tokenizer, train_lines)
-    curve = BitsPerByteCurve(tokenizer, eval_lines, eval_every, minutes)
+    dataset = LineDataset(tokenizer, train_lines, start=start_token)
+    curve = BitsPerByteCurve(tokenizer, eval_lines, eval_every, minutes, start=start_token)
     arguments = TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=batch_size,

@@ -183,6 +183,7 @@ def score_lines(
     *,
     batch_tokens: int | None = None,
     max_length: int | None = None,
+    start_token: int | None = None,
     show_progress: bool = False,
 ) -> TextScore:
     """Score `lines` with a causal LM and its tokenizer (see the module docstring for the rules).
@@ -193,13 +194,15 @@ def score_lines(
         lines: the passages, one per entry (blank ones must already be removed).
         batch_tokens: padded positions per forward pass; by default what keeps the logits near 256 MB.
         max_length: longest input; by default the model's context, at most 2048.
+        start_token: the id put before every line; by default `start_token_id(tokenizer)`. A transplanted
+            model may keep the body's own start token under another id.
         show_progress: a progress bar over the lines.
     """
     if not lines:
         raise ValueError("no lines to score")
     if any(not line.strip() for line in lines):
         raise ValueError("blank lines cannot be scored (they have no bytes to predict); remove them first")
-    start = start_token_id(tokenizer)
+    start = start_token_id(tokenizer) if start_token is None else int(start_token)
     encoded = tokenizer(list(lines), add_special_tokens=False)["input_ids"]
     decoded = tokenizer.batch_decode(encoded, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     not_round_trip = sum(text != line for text, line in zip(decoded, lines, strict=True))

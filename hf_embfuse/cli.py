@@ -81,6 +81,16 @@ def _build(args: argparse.Namespace) -> int:
             linear = fit.get("linear_heldout_cosine")
             reached = "n/a (too few anchors)" if linear is None else f"{linear:.3f}"
             print(f"  projection: transport (k={fit['k']}); a linear map reached {reached}")
+    if result.transfer is not None:
+        from .transfer import format_rows
+
+        target = result.transfer
+        print(
+            f"target vocabulary {target['tokenizer']} ({target['size']:,} tokens; {target['overlap']:.2%} shared with "
+            f"the base one to one; LM head {target['head'] or 'none'}):"
+        )
+        for name, rows in target["rows"].items():
+            print("  " + format_rows(name, rows))
     print(f"wrote {args.out}")
     return 0
 

@@ -189,6 +189,12 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
         help="with --text: also score this model (folder, GGUF file or Hub id) with its own tokenizer, and the ratio",
     )
     command.add_argument("--max-lines", type=int, metavar="N", help="with --text: only the first N lines")
+    command.add_argument(
+        "--start-token",
+        metavar="TOKEN",
+        help="with --text: the token put before each line (default: the one the tokenizer adds itself, else "
+        "<|endoftext|>, else bos); a transplanted body may expect its own under another name",
+    )
     command.add_argument("--no-progress", action="store_true", help="no progress bars")
     command.add_argument("--out", type=Path, metavar="FILE.json", help="write the results as JSON")
     command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -241,7 +247,14 @@ def _eval_text(args: argparse.Namespace) -> dict:
     lines = read_text_lines(args.text)[: args.max_lines]  # before any model: a bad file fails in a second
     model, tokenizer = load_causal_lm(args.folder)
     reference = load_causal_lm(args.reference) if args.reference else None
-    report = evaluate_text(model, tokenizer, lines, reference=reference, show_progress=not args.no_progress)
+    report = evaluate_text(
+        model,
+        tokenizer,
+        lines,
+        reference=reference,
+        start_token=args.start_token,
+        show_progress=not args.no_progress,
+    )
     print(format_text_report(report, str(args.folder), args.reference))
     return {"text": str(args.text), "reference_model": args.reference, **report}
 

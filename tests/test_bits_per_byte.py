@@ -213,3 +213,17 @@ def test_start_token_rule():
         single="</s> $A", special_tokens=[("</s>", adds_own.eos_token_id)]
     )
     assert start_token_id(adds_own) == adds_own.eos_token_id  # what the tokenizer puts first itself
+
+
+def test_cli_start_token_override(plain_folder, text_file, tmp_path, capsys, model, tokenizer):
+    out = tmp_path / "start.json"
+    argv = ["eval", str(plain_folder), "--text", str(text_file), "--start-token", "Ġthe", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    expected = score_lines(model, tokenizer, LINES[:3], start_token=tokenizer.convert_tokens_to_ids("Ġthe"))
+    assert report["model"]["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-5)
+    assert report["model"]["bits_per_byte"] != pytest.approx(
+        score_lines(model, tokenizer, LINES[:3]).bits_per_byte
+    )
+    assert main(["eval", str(plain_folder), "--text", str(text_file), "--start-token", "<nope>"]) == 2
+    assert "is not a token" in capsys.readouterr().err

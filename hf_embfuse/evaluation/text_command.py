@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from .bits_per_byte import TextScore, added_token_ids, read_text_lines, score_lines
+from .bits_per_byte import TextScore, added_token_ids, score_lines
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +108,21 @@ def evaluate_text(
     lines: list[str],
     *,
     reference: tuple[Any, Any] | None = None,
+    start_token: str | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Bits per byte of `model` (and of `reference`, a `(model, tokenizer)` pair) on `lines`, as a report.
 
     The report also holds the lines that contain the tokenizer's added (non-special) tokens, with
-    the loss there, when it has any.
+    the loss there, when it has any. `start_token` (a token of `tokenizer`) overrides the start rule for
+    `model`; the reference keeps its own.
     """
-    score = score_lines(model, tokenizer, lines, show_progress=show_progress)
+    start = None
+    if start_token is not None:
+        start = tokenizer.get_vocab().get(start_token)
+        if start is None:
+            raise ValueError(f"--start-token {start_token!r} is not a token of the model's tokenizer")
+    score = score_lines(model, tokenizer, lines, start_token=start, show_progress=show_progress)
     report: dict[str, Any] = {"model": score.to_dict()}
     reference_score: TextScore | None = None
     if reference is not None:
@@ -160,17 +166,3 @@ def format_text_report(report: dict[str, Any], model_name: str, reference_name: 
             text += f" (reference bits/byte {added['reference']['bits_per_byte']:.4f})"
         lines.append(text)
     return "\n".join(lines)
-
-
-def run_text(args: argparse.Namespace) -> dict[str, Any]:
-    """The `--text` part of `hf-embfuse eval`: prints the table, returns the report for `--out`."""
-    lines = read_text_lines(args.text)  # before any model: a bad file fails in a second
-    if args.max_lines is not None:
-        if args.max_lines < 1:
-            raise ValueError(f"--max-lines must be at least 1, got {args.max_lines}")
-        lines = lines[: args.max_lines]
-    model, tokenizer = load_causal_lm(args.folder)
-    reference = load_causal_lm(args.reference) if args.reference else None
-    report = evaluate_text(model, tokenizer, lines, reference=reference, show_progress=not args.no_progress)
-    print(format_text_report(report, str(args.folder), args.reference))
-    return {"text": str(args.text), "reference_model": args.reference, **report}

@@ -24,7 +24,9 @@ def base_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def _build(tmp_path: Path, base: Path, capsys, source: dict | None = None, **fields) -> tuple[int, str, Path]:
+def _build(
+    tmp_path: Path, base: Path, capsys, source: dict | None = None, **fields
+) -> tuple[int, str, Path, str]:
     recipe = tmp_path / "recipe.yaml"
     data = {
         "base": str(base),
@@ -35,7 +37,8 @@ def _build(tmp_path: Path, base: Path, capsys, source: dict | None = None, **fie
     recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
     out = tmp_path / "out"
     status = main(["build", str(recipe), "--out", str(out), "--no-progress"])
-    return status, capsys.readouterr().err, out
+    captured = capsys.readouterr()
+    return status, captured.err, out, captured.out
 
 
 def _assert_refused(status: int, err: str, out: Path, *words: str) -> None:
@@ -51,7 +54,9 @@ def _assert_refused(status: int, err: str, out: Path, *words: str) -> None:
 
 
 def test_a_missing_target_tokenizer_is_named(tmp_path, base_folder, capsys):
-    status, err, out = _build(tmp_path, base_folder, capsys, tokenizer=str(tmp_path / "no-such-tokenizer"))
+    status, err, out, _printed = _build(
+        tmp_path, base_folder, capsys, tokenizer=str(tmp_path / "no-such-tokenizer")
+    )
     _assert_refused(status, err, out, "no-such-tokenizer", "not found", "source:N")
 
 
@@ -61,11 +66,11 @@ def test_a_target_sharing_almost_no_tokens_with_the_base_is_refused_unless_allow
     greek = make_wordpiece_tokenizer(["αβγ", "δεζ", "ηθι", "κλμ", "##νξ", "##οπ", "α", "β", "γ", "δ", "##ε"])
     folder = tmp_path / "greek"
     greek.save_pretrained(folder)
-    status, err, out = _build(tmp_path, base_folder, capsys, tokenizer=str(folder))
+    status, err, out, _printed = _build(tmp_path, base_folder, capsys, tokenizer=str(folder))
     _assert_refused(status, err, out, "shares 0.00%", "allow_low_overlap")
 
     # Allowed, it builds: nothing to transport through (no anchors), so the source's rows are used as they are.
-    status, err, out = _build(
+    status, err, out, _printed = _build(
         tmp_path,
         base_folder,
         capsys,
@@ -78,7 +83,7 @@ def test_a_target_sharing_almost_no_tokens_with_the_base_is_refused_unless_allow
 
 
 def test_a_special_token_without_a_role_is_refused(tmp_path, base_folder, capsys):
-    status, err, out = _build(
+    status, err, out, _printed = _build(
         tmp_path, base_folder, capsys, added_tokens=[{"content": "<|tool|>", "special": True}]
     )
     _assert_refused(status, err, out, "added_tokens.0", "<|tool|>", "has no role")
@@ -112,14 +117,16 @@ def test_added_tokens_file_rules(tmp_path, base_folder, capsys):
     with pytest.raises(TargetError, match="does not exist"):
         read_added_tokens(tmp_path / "missing.txt")
 
-    status, err, out = _build(tmp_path, base_folder, capsys, added_tokens_file=str(bad))
+    status, err, out, printed = _build(tmp_path, base_folder, capsys, added_tokens_file=str(bad))
     _assert_refused(status, err, out, "bad.txt:2", "has no role")
 
     # Tokens the base already has are reported, not added twice.
-    status, err, out = _build(tmp_path, base_folder, capsys, added_tokens_file=str(tokens))
+    status, err, out, printed = _build(tmp_path, base_folder, capsys, added_tokens_file=str(tokens))
     assert status == 0, err
     import json
 
+    assert "target vocabulary base + added tokens (311 tokens" in printed
+    assert "matched" in printed and "left out" in printed
     report = json.loads((out / "embfuse_report.json").read_text())["target"]
     assert report["added_tokens"]["added"] == ["photosynthesis", "<|im_start|>"]
     assert report["added_tokens"]["existing"] == ["<|endoftext|>"]

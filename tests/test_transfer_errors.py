@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,9 @@ def test_a_target_sharing_almost_no_tokens_with_the_base_is_refused_unless_allow
     )
     assert status == 0, err
     assert out.is_dir() and (out / "tokenizer.json").is_file()
+    # The target is named like a source (its folder's name): no path of this machine in the checkpoint.
+    assert json.loads((out / "embfuse_report.json").read_text())["target"]["tokenizer"] == "greek"
+    assert str(tmp_path) not in (out / "config.json").read_text()
 
 
 def test_a_special_token_without_a_role_is_refused(tmp_path, base_folder, capsys):
@@ -123,8 +127,6 @@ def test_added_tokens_file_rules(tmp_path, base_folder, capsys):
     # Tokens the base already has are reported, not added twice.
     status, err, out, printed = _build(tmp_path, base_folder, capsys, added_tokens_file=str(tokens))
     assert status == 0, err
-    import json
-
     assert "target vocabulary base + added tokens (311 tokens" in printed
     assert "matched" in printed and "left out" in printed
     report = json.loads((out / "embfuse_report.json").read_text())["target"]

@@ -47,6 +47,7 @@ class TargetBuild:
     pre_read: dict[int, SourceTable] = field(default_factory=dict)
     donors: list[Donor] = field(default_factory=list)
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    head: str | None = None  # "tied" / "untied" once installed; None for a model without an LM head
 
     @classmethod
     def start(
@@ -171,7 +172,7 @@ class TargetBuild:
             **self.target.to_dict(),
             "overlap": round(self.base.overlap, 6),
             "anchors": int(self.base.anchors.sum()),
-            "head": getattr(self, "head", None),
+            "head": self.head,
             "base_alignment": self.base.aligned.report.to_dict(),
             "rows": self.rows,
         }

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..model_names import local_name
 from ..sources._checkpoint import looks_like_repo_id
 from .added_tokens import AddedTokensReport, add_tokens, read_added_tokens
 from .errors import TargetError
@@ -99,13 +100,17 @@ def resolve_target(
                 f"Target tokenizer {name!r}: that source has no tokenizer (static word vectors?)."
             )
     elif isinstance(tokenizer, (str, os.PathLike)):
-        name, loaded = os.fspath(tokenizer), load_target_tokenizer(tokenizer)
+        # Reports and the config name it like a source: a Hub id, or a file / folder name, never a path.
+        name, loaded = local_name(os.fspath(tokenizer)), load_target_tokenizer(tokenizer)
     else:
         if not hasattr(tokenizer, "get_vocab"):
             raise TargetError(
                 f"`tokenizer` must be a tokenizer, a path, a Hub id or 'source:N'; got {type(tokenizer).__name__}."
             )
-        name, loaded = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, tokenizer
+        name, loaded = (
+            local_name(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+            tokenizer,
+        )
     entries = read_added_tokens(list(added_tokens))
     if added_tokens_file is not None:
         entries += read_added_tokens(added_tokens_file)

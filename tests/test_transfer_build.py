@@ -249,3 +249,22 @@ def test_added_tokens_extend_the_base_vocabulary_and_existing_ones_are_not_dupli
     child, files = _in_fresh_process(folder, "AutoModelForCausalLM", tmp_path)
     assert files["vocab"] == tokenizer.get_vocab()
     assert child["generated"].shape[1] > child["ids"].shape[1]
+
+
+def test_a_tokenizer_object_is_a_target_and_the_base_model_without_a_head_gets_its_vocabulary(tmp_path):
+    """`fuse(tokenizer=<tokenizer>)`: a target given as an object, for a bare encoder (no LM head); the donor is
+    another model (here one of the base's vocabulary), aligned onto the target like the base."""
+    base_tokenizer, target = make_wordpiece_tokenizer(), make_unigram_tokenizer()
+    base = tiny_base("bert", "base", vocab_size=len(base_tokenizer))
+    donor = _donor(tmp_path, make_bpe_tokenizer(), "gpt2")
+    result = hf_embfuse.fuse(
+        base, [donor], base_tokenizer=base_tokenizer, tokenizer=target, allow_low_overlap=True
+    )
+    model = result.model.eval()
+    assert result.tokenizer is target and result.transfer["head"] is None
+    assert model.get_input_embeddings().num_embeddings == len(target)
+    ids = target(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = model(input_ids=ids).last_hidden_state
+    assert hidden.shape == (1, ids.shape[1], 32) and torch.isfinite(hidden).all()
+    assert model.config.base_config.pad_token_id == target.pad_token_id

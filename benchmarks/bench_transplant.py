@@ -11,7 +11,8 @@ Rows, each with its build time:
   mean-init    target tokens the base has one to one copied, every other row the base's mean row
                (what `resize_token_embeddings(mean_resizing=True)` gives every new row)
   FVT          the base table only: one-to-one copies, other rows the mean of the base's pieces
-  donor only   the donor's rows carried into the base space, inputs only (fixed weights [1e-6, 1 - 1e-6])
+  donor only   the donor's rows carried into the base space alone (fixed weights [1e-6, 1 - 1e-6]; a
+               rebuilt head mixes with the same weights)
   ours         base + donor, mixed as examples/transplant_*.yaml say (if present; else base_weight 0.5)
   tokensurgeon `mergekit-tokensurgeon` OMP (k=64) in its own venv (.venv-mergekit), on the Gemma-3 body
                only (the other direction takes hours); its output is cached with its measured time

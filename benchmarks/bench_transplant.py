@@ -305,15 +305,16 @@ def run_pair(
         print(f"[{pair}] {name:<13} {bpb:.4f} bits/byte  {bpb / own:.3f}x  build {build}", flush=True)
 
     add("own", base, base_tokenizer, None)
-    model, seconds = timed(mean_init, base, base_tokenizer, target_tokenizer)
-    add("mean-init", model, target_tokenizer, seconds)
-    model, seconds = timed(fvt, base, base_tokenizer, target_tokenizer)
-    add("FVT", model, target_tokenizer, seconds)
-    del model
-    result, seconds = timed(
-        fuse_with_donor, base, base_tokenizer, ggufs[target], options, mixing="fixed", base_weight=1e-6
-    )
-    add("donor only", result.model, result.tokenizer, seconds)
+    if "baselines" in args.rows:
+        model, seconds = timed(mean_init, base, base_tokenizer, target_tokenizer)
+        add("mean-init", model, target_tokenizer, seconds)
+        model, seconds = timed(fvt, base, base_tokenizer, target_tokenizer)
+        add("FVT", model, target_tokenizer, seconds)
+        del model
+        result, seconds = timed(
+            fuse_with_donor, base, base_tokenizer, ggufs[target], options, mixing="fixed", base_weight=1e-6
+        )
+        add("donor only", result.model, result.tokenizer, seconds)
     memory_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result, seconds = timed(fuse_with_donor, base, base_tokenizer, ggufs[target], options)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -325,13 +326,15 @@ def run_pair(
         peak_rss_mib=peak / 1024,
         rss_before_mib=memory_before / 1024,
     )
-    if pair == "gemma3->smollm2" and not args.no_tokensurgeon:
+    if pair == "gemma3->smollm2" and "tokensurgeon" in args.rows:
         surgeon_dir, seconds = tokensurgeon(
             hf_folder("gemma3", ggufs["gemma3"]), hf_folder("smollm2", ggufs["smollm2"])
         )
         model = AutoModelForCausalLM.from_pretrained(str(surgeon_dir), dtype=torch.float32).eval()
         add("tokensurgeon", model, AutoTokenizer.from_pretrained(str(surgeon_dir)), seconds)
         del model
+    if "heal" not in args.rows:
+        return {"rows": rows, "options": options, "transfer": result.transfer}
     heal_minutes = args.heal_minutes if pair == "gemma3->smollm2" else args.other_heal_minutes
     start = body_start_token(result.model, result.tokenizer, base, base_tokenizer)
     healed, curve = transplant.heal(
@@ -442,7 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--pairs", nargs="+", default=["smollm2->gemma3", "gemma3->smollm2"])
     parser.add_argument("--no-added-tokens", action="store_true")
-    parser.add_argument("--no-tokensurgeon", action="store_true")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("baselines", "tokensurgeon", "heal"),
+        default=["baselines", "tokensurgeon", "heal"],
+        help="what to run besides own and ours (baselines: mean-init, FVT, donor only)",
+    )
     parser.add_argument(
         "--only-tokensurgeon", action="store_true", help="run (and cache) tokensurgeon, then stop"
     )
@@ -489,6 +498,8 @@ def print_summary(report: dict[str, Any], pairs: list[str]) -> None:
         for name, row in rows.items():
             build = "" if row["build_seconds"] is None else f"{row['build_seconds']:.1f}"
             print(f"| {name} | {row['bits_per_byte']:.4f} | {row['bits_per_byte'] / own:.3f} | {build} |")
+        if "curve" not in report[pair]:
+            continue
         curve = report[pair]["curve"]
         own_curve = report[pair]["curve_own"]
         points = ", ".join(f"{c['step']}: {c['bits_per_byte'] / own_curve:.3f}x" for c in curve)

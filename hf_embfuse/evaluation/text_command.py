@@ -28,8 +28,10 @@ def forget_gguf_quantizer(model: Any) -> Any:
                 delattr(each, "quantization_config")
         quantizer = getattr(module, "hf_quantizer", None)
         if quantizer is not None and type(quantizer).__name__ == "GgufHfQuantizer":
-            # What transformers' own `remove_quantization_config` undoes, for a quantizer it cannot remove.
-            module.hf_quantizer = None
+            module.hf_quantizer = quantizer = None
+        # What transformers' own `remove_quantization_config` undoes, for a quantizer it cannot remove (or
+        # one already dropped, leaving the flag behind).
+        if quantizer is None and getattr(module, "is_quantized", False) is True:
             module.is_quantized = False
             if config is not None and getattr(config, "_is_quantized", False):
                 config._is_quantized = False

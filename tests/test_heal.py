@@ -99,3 +99,19 @@ def test_plain_model_heal_moves_only_embedding_and_head(tokenizer, tmp_path):
 def test_mixer_heal_needs_a_fused_model(tokenizer):
     with pytest.raises(ValueError, match="needs an EmbFuse model"):
         transplant.prepare_for_heal(tiny_base("llama", "causal-lm", vocab_size=len(tokenizer)), "mixer")
+
+
+def test_a_gguf_loaded_model_is_trainable(tokenizer, tmp_path):
+    """transformers leaves a GGUF quantizer (or its flag) on dequantised weights; the heal must still train."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    model = fused_model(tokenizer)
+    inner = model.base_model
+    inner.is_quantized = True  # as from_pretrained(gguf_file=...) and a folder saved after it leave it
+    inner.config.quantization_config = {"quant_method": "gguf"}
+    model.is_quantized = True
+    with pytest.raises(ValueError, match="purely quantized"):
+        validate_quantization_for_training(model)
+    changed = run_heal(model, tokenizer, tmp_path)
+    assert "model.model.embed_tokens.weight" in changed
+    assert "quantization_config" not in inner.config.to_dict()

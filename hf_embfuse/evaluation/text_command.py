@@ -22,7 +22,8 @@ def forget_gguf_quantizer(model: Any) -> Any:
     for module in model.modules():
         config = getattr(module, "config", None)
         for each in (config, getattr(config, "base_config", None)):
-            quantization = getattr(each, "quantization_config", None)
+            # Only a config's own attribute: an EmbFuse config forwards unknown names to its base config.
+            quantization = vars(each).get("quantization_config") if each is not None else None
             method = getattr(quantization, "quant_method", None) or (quantization or {}).get("quant_method")
             if quantization is not None and str(getattr(method, "value", method)) == "gguf":
                 delattr(each, "quantization_config")

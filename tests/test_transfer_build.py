@@ -142,6 +142,7 @@ def test_transfer_reloads_in_a_fresh_process_with_the_target_tokenizer_and_bakes
         assert getattr(model.config.base_config, f"{role}_token_id") == getattr(target, f"{role}_token_id")
     rows = result.transfer["rows"]
     assert set(rows) == {"base", Path(donor).name}
+    assert result.transfer["tokenizer"] == f"source:1 ({Path(donor).name})"
     assert rows["base"]["matched"] > 0 and rows[Path(donor).name]["transported"] > 0
 
     folder = tmp_path / "fused"

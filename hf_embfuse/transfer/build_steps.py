@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..alignment import AlignedSource
+from ..model_names import local_name
 from ..recipe import Recipe
 from ..sources.table import SourceTable
 from .base_side import BaseOnTarget, align_base, align_onto_target, base_source_table
@@ -82,6 +83,9 @@ class TargetBuild:
             recipe.added_tokens,
             recipe.added_tokens_file,
             source_tokenizers=source_tokenizers,
+            source_names={
+                i + 1: recipe.sources[i].name or local_name(table.name) for i, table in pre_read.items()
+            },
         )
         base = align_base(
             base_model,

@@ -80,6 +80,7 @@ def resolve_target(
     added_tokens_file: str | os.PathLike | None = None,
     *,
     source_tokenizers: dict[int, Any] | None = None,
+    source_names: dict[int, str] | None = None,
 ) -> Target:
     """The target of a build: a tokenizer (object, path, Hub id, GGUF, `source:N`) or the base's, plus added tokens.
 
@@ -89,12 +90,16 @@ def resolve_target(
         added_tokens: tokens to add (strings, `AddedTokenRecipe`s).
         added_tokens_file: a file of tokens to add, one per line (`TOKEN` or `TOKEN<TAB>ROLE`).
         source_tokenizers: source number (1 = the first source) -> its tokenizer, for `source:N`.
+        source_names: source number -> its name, to name a `source:N` target by.
     """
     if tokenizer is None:
         name, loaded = "base", base_tokenizer
     elif isinstance(tokenizer, (str, os.PathLike)) and os.fspath(tokenizer).startswith("source:"):
         name = os.fspath(tokenizer)
-        loaded = (source_tokenizers or {}).get(int(name[len("source:") :]))
+        number = int(name[len("source:") :])
+        loaded = (source_tokenizers or {}).get(number)
+        if number in (source_names or {}):
+            name = f"{name} ({source_names[number]})"
         if loaded is None:
             raise TargetError(
                 f"Target tokenizer {name!r}: that source has no tokenizer (static word vectors?)."

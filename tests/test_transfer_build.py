@@ -269,3 +269,31 @@ def test_a_tokenizer_object_is_a_target_and_the_base_model_without_a_head_gets_i
         hidden = model(input_ids=ids).last_hidden_state
     assert hidden.shape == (1, ids.shape[1], 32) and torch.isfinite(hidden).all()
     assert model.config.base_config.pad_token_id == target.pad_token_id
+
+
+def test_bake_to_folder_writes_the_new_vocabulary_and_tokenizer(tmp_path):
+    """A plain checkpoint: the target's vocabulary, its tokenizer files, loadable without remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_embfuse.bake import bake_to_folder
+
+    base_tokenizer, target = make_bpe_tokenizer(), make_unigram_tokenizer()
+    base = tiny_base("gpt2", "causal-lm", vocab_size=len(base_tokenizer))
+    result = hf_embfuse.fuse(
+        base,
+        [_donor(tmp_path, target, "llama")],
+        task="causal-lm",
+        base_tokenizer=base_tokenizer,
+        tokenizer="source:1",
+        allow_low_overlap=True,
+    )
+    result.save_pretrained(tmp_path / "fused")
+    baked_dir = bake_to_folder(tmp_path / "fused", tmp_path / "baked")
+    tokenizer = AutoTokenizer.from_pretrained(baked_dir)
+    baked = AutoModelForCausalLM.from_pretrained(baked_dir).eval()
+    assert tokenizer.get_vocab() == target.get_vocab() and baked.config.vocab_size == len(target)
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(
+            baked(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )

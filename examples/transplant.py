@@ -266,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-lines", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--reference", help="the original model with its own tokenizer, drawn as a line")
+    parser.add_argument(
+        "--start-token",
+        help="the token put before each line, in training and scoring (the body's own start token under its "
+        "new name; default: as `hf-embfuse eval --text`)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from hf_embfuse.evaluation.text_command import load_causal_lm
@@ -275,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train_lines, eval_lines = _lines(args)
     model, tokenizer = load_causal_lm(args.folder)
+    start = None
+    if args.start_token is not None:
+        start = tokenizer.get_vocab().get(args.start_token)
+        if start is None:
+            print(f"transplant: error: --start-token {args.start_token!r} is not a token", file=sys.stderr)
+            return 2
     reference = None
     if args.reference:
         reference = score_lines(*load_causal_lm(args.reference), eval_lines).bits_per_byte
@@ -291,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         batch_size=args.batch_size,
         eval_every=args.eval_every,
+        start_token=start,
     )
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

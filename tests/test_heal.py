@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from hf_embfuse.evaluation.bits_per_byte import score_lines
+from hf_embfuse.evaluation.text_command import load_causal_lm
 from hf_embfuse.wrap import from_base
 from tests.fixtures_models import random_sources, tiny_base
 from tests.fixtures_tokenizers import make_bpe_tokenizer
@@ -115,3 +118,27 @@ def test_a_gguf_loaded_model_is_trainable(tokenizer, tmp_path):
     changed = run_heal(model, tokenizer, tmp_path)
     assert "model.model.embed_tokens.weight" in changed
     assert "quantization_config" not in inner.config.to_dict()
+
+
+def test_example_command_writes_the_healed_folder_curve_and_plot(tokenizer, tmp_path, capsys):
+    folder = tmp_path / "fused"
+    fused_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    out = tmp_path / "healed"
+    argv = [str(folder), "--out", str(out), "--text", str(text), "--max-steps", "2", "--eval-lines", "4"]
+    assert (
+        transplant.main([*argv, "--eval-every", "1", "--start-token", "Ġthe", "--reference", str(folder)])
+        == 0
+    )
+    curve = json.loads((out / "heal_curve.json").read_text())
+    assert [point["step"] for point in curve["curve"]] == [0, 1, 2]
+    # the reference (here the unhealed folder) is scored with its own start rule on the same held-out lines
+    reference = score_lines(*load_causal_lm(folder), LINES[:4]).bits_per_byte
+    assert curve["reference"] == pytest.approx(reference, rel=1e-6)
+    assert (out / "heal_curve.png").stat().st_size > 1000
+    healed, _ = load_causal_lm(out)
+    assert type(healed).__name__ == "EmbFuseForCausalLM"
+    assert transplant.main([*argv]) == 2  # the output exists
+    assert "already exists" in capsys.readouterr().err

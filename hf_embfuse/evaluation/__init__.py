@@ -1,4 +1,5 @@
-"""Evaluation of embedding tables on word-similarity data (WordSim-353, SimLex-999, MEN, ...).
+"""Evaluation: embedding tables on word-similarity data (WordSim-353, SimLex-999, MEN, ...), and causal
+language models in bits per byte on plain text (`score_lines`, comparable across tokenizers).
 
 Names are loaded on first use, so `import hf_embfuse.evaluation` stays free of torch and numpy.
 """
@@ -9,6 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "TextScore": "bits_per_byte",
+    "read_text_lines": "bits_per_byte",
+    "score_lines": "bits_per_byte",
     "WordSimDataset": "wordsim_data",
     "WordSimFormatError": "wordsim_data",
     "find_wordsim_files": "wordsim_data",
@@ -30,6 +34,7 @@ _EXPORTS = {
 
 __all__ = [
     "ComparisonTable",
+    "TextScore",
     "WordSimDataset",
     "WordSimFormatError",
     "WordSimResult",
@@ -44,12 +49,15 @@ __all__ = [
     "parse_wordsim",
     "projected_tables",
     "rankdata",
+    "read_text_lines",
+    "score_lines",
     "spearman",
     "word_vectors",
 ]
 
 if TYPE_CHECKING:
     from .baselines import average_baseline, concat_baseline
+    from .bits_per_byte import TextScore, read_text_lines, score_lines
     from .compare import ComparisonTable, compare_tables
     from .fused import evaluate_fused, projected_tables
     from .ranks import rankdata, spearman

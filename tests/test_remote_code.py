@@ -9,8 +9,8 @@ import torch
 
 import hf_embfuse
 from hf_embfuse.modeling_embfuse import TASKS
-from tests.fresh_process import load_in_fresh_process
 from tests.fixtures_models import VOCAB, tiny_fused
+from tests.fresh_process import load_in_fresh_process
 
 SHIPPED = ["configuration_embfuse.py", "modeling_embfuse.py"]
 CASES = [

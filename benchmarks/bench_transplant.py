@@ -55,10 +55,9 @@ import hf_embfuse  # noqa: E402
 from hf_embfuse.alignment import align_source  # noqa: E402
 from hf_embfuse.evaluation.bits_per_byte import score_lines, start_token_id  # noqa: E402
 from hf_embfuse.evaluation.dev_text import dev_split, oanc_sentences  # noqa: E402
-from hf_embfuse.evaluation.text_command import forget_gguf_quantizer  # noqa: E402
 from hf_embfuse.sources import cache_root  # noqa: E402
 from hf_embfuse.sources._gguf_tokenizer import load_gguf_tokenizer  # noqa: E402
-from hf_embfuse.sources.gguf_model import load_gguf_base  # noqa: E402
+from hf_embfuse.sources.gguf_model import forget_gguf_quantizer, load_gguf_base  # noqa: E402
 from hf_embfuse.transfer import align_base, base_source_table, install_target_vocabulary  # noqa: E402
 
 logger = logging.getLogger("bench_transplant")

@@ -34,7 +34,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_embfuse.evaluation.bits_per_byte import score_lines, start_token_id
-from hf_embfuse.evaluation.text_command import forget_gguf_quantizer
+from hf_embfuse.sources.gguf_model import forget_gguf_quantizer
 
 logger = logging.getLogger("transplant")
 

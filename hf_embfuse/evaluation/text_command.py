@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from ..sources.gguf_model import forget_gguf_quantizer
 from .bits_per_byte import TextScore, added_token_ids, score_lines
 
 logger = logging.getLogger(__name__)
-
-
-def forget_gguf_quantizer(model: Any) -> Any:
-    """Mark a model read from a GGUF file (or from a folder saved after that) as the plain model it is.
-
-    transformers dequantises GGUF weights to floats on load, yet keeps a GGUF quantizer and writes
-    `quantization_config` into the saved config; the Trainer then refuses to train it ("purely
-    quantized models"). The weights are ordinary tensors, so both are dropped, on every wrapped model.
-    """
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        for each in (config, getattr(config, "base_config", None)):
-            # Only a config's own attribute: an EmbFuse config forwards unknown names to its base config.
-            quantization = vars(each).get("quantization_config") if each is not None else None
-            method = getattr(quantization, "quant_method", None) or (quantization or {}).get("quant_method")
-            if quantization is not None and str(getattr(method, "value", method)) == "gguf":
-                delattr(each, "quantization_config")
-        quantizer = getattr(module, "hf_quantizer", None)
-        if quantizer is not None and type(quantizer).__name__ == "GgufHfQuantizer":
-            module.hf_quantizer = quantizer = None
-        # What transformers' own `remove_quantization_config` undoes, for a quantizer it cannot remove (or
-        # one already dropped, leaving the flag behind).
-        if quantizer is None and getattr(module, "is_quantized", False) is True:
-            module.is_quantized = False
-            if config is not None and getattr(config, "_is_quantized", False):
-                config._is_quantized = False
-    return model
 
 
 def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
@@ -65,7 +38,7 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
             raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
         # Dequantised once, then read from a plain cached folder.
         model, tokenizer = load_gguf_base(path, AutoModelForCausalLM, dtype=torch.float32)
-        return forget_gguf_quantizer(model).eval(), tokenizer
+        return model.eval(), tokenizer
     if not path.exists() and (path.is_absolute() or str(name).startswith(".")):
         raise FileNotFoundError(
             f"model {str(name)!r} does not exist; give a model folder, a GGUF file or a Hub id"
@@ -83,6 +56,7 @@ def load_causal_lm(name: str | Path) -> tuple[Any, Any]:
             raise
         raise not_causal from None
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # A folder someone saved after a GGUF load still names the GGUF quantizer.
     return forget_gguf_quantizer(model).eval(), tokenizer
 
 
@@ -93,15 +67,14 @@ _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 def _is_causal_lm(folder: Path) -> bool:
     """False when the folder's config names only architectures that are not causal LMs (e.g. `BertModel`).
 
-    `AutoModelForCausalLM` would otherwise load an encoder with a fresh, random head.
+    `AutoModelForCausalLM` would otherwise load an encoder with a fresh, random head. A local folder gets
+    the checkpoint check every command runs (config, weights' headers, tokenizer files) on the way.
     """
-    config = folder / "config.json"
-    if not config.is_file():
+    if not folder.is_dir():
         return True  # a Hub id: left to from_pretrained
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise ValueError(f"{str(config)!r} is not a JSON object; the folder is not a model folder") from None
+    from ..checkpoint_folder import read_checkpoint_config
+
+    architectures = read_checkpoint_config(folder, any_model=True, tokenizer="required").get("architectures")
     return not architectures or any(name.endswith(_CAUSAL_SUFFIXES) for name in architectures)
 
 

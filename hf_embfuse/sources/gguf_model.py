@@ -46,12 +46,37 @@ def load_gguf_base(path: str | os.PathLike, auto_class: Any, **kwargs: Any) -> t
     return model, tokenizer
 
 
+def forget_gguf_quantizer(model: Any) -> Any:
+    """Mark a model read from a GGUF file (or from a folder saved after that) as the plain model it is.
+
+    transformers dequantises GGUF weights to floats on load, yet keeps a GGUF quantizer and writes
+    `quantization_config` into the saved config; the Trainer then refuses to train it ("purely
+    quantized models"). The weights are ordinary tensors, so both are dropped, on every wrapped model.
+    """
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        for each in (config, getattr(config, "base_config", None)):
+            # Only a config's own attribute: an EmbFuse config forwards unknown names to its base config.
+            quantization = vars(each).get("quantization_config") if each is not None else None
+            method = getattr(quantization, "quant_method", None) or (quantization or {}).get("quant_method")
+            if quantization is not None and str(getattr(method, "value", method)) == "gguf":
+                delattr(each, "quantization_config")
+        quantizer = getattr(module, "hf_quantizer", None)
+        if quantizer is not None and type(quantizer).__name__ == "GgufHfQuantizer":
+            module.hf_quantizer = quantizer = None
+        # What transformers' own `remove_quantization_config` undoes, for a quantizer it cannot remove (or
+        # one already dropped, leaving the flag behind).
+        if quantizer is None and getattr(module, "is_quantized", False) is True:
+            module.is_quantized = False
+            if config is not None and getattr(config, "_is_quantized", False):
+                config._is_quantized = False
+    return model
+
+
 def _plain(model: Any) -> Any:
-    """The dequantised model as an ordinary float one: no quantizer, no `quantization_config` to save."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.name_or_path = ""  # the cache folder is no name to keep in a checkpoint
+    """The dequantised model as an ordinary float one, named by nothing (the cache folder is no name to keep)."""
+    forget_gguf_quantizer(model)
+    model.name_or_path = ""
     return model
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -25,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .checkpoint_folder import WEIGHT_PATTERNS, mean_mixing_weights, read_checkpoint_config
-from .sentence_transformers import MODULES_FILE
+from .sentence_transformers import module_folders
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +200,8 @@ def _publish_patterns(staging: Path) -> list[str]:
     """What a push takes from a checkpoint folder: its own files and its sentence-transformers module folders
     (`1_Pooling/`, ...), not other folders an output folder may hold (`checkpoint-500/`, `runs/`)."""
     patterns = [path.name for path in staging.iterdir() if path.is_file()]
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        modules = json.loads((staging / MODULES_FILE).read_text(encoding="utf-8"))
-        patterns += [
-            f"{module['path'].strip('/')}/*" for module in modules if module.get("path", "").strip("/")
-        ]
+    with contextlib.suppress(OSError, ValueError):  # a damaged modules.json publishes no module folders
+        patterns += [f"{name}/*" for name in module_folders(staging)]
     return patterns
 
 

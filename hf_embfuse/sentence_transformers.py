@@ -112,6 +112,18 @@ def _local_folder(base: str | os.PathLike, revision: str | None) -> Path | None:
         return None
 
 
+def module_folders(folder: str | os.PathLike) -> list[str]:
+    """The module folders (`1_Pooling`, ...) that `modules.json` in `folder` names; none without one.
+
+    Raises:
+        ValueError: `modules.json` is not a valid list of modules.
+    """
+    path = Path(folder) / MODULES_FILE
+    if not path.is_file():
+        return []
+    return [module["path"].strip("/") for module in _read_modules(path) if module["path"].strip("/")]
+
+
 def _read_modules(path: Path) -> list[dict]:
     try:
         modules = json.loads(path.read_text(encoding="utf-8"))
@@ -149,5 +161,6 @@ def _module_files(folder: Path, relative: str) -> dict[str, bytes]:
 __all__ = [
     "SentenceTransformerFiles",
     "copy_sentence_transformers_files",
+    "module_folders",
     "read_sentence_transformers_files",
 ]

@@ -1,9 +1,11 @@
-"""Prove a checkpoint stands alone: load it in a fresh Python process that cannot import hf_embfuse.
+"""Prove a checkpoint stands alone: run code in a fresh Python process that cannot import hf_embfuse.
 
 The child runs from an empty working directory, with the source checkout removed from `sys.path` and
-`hf_embfuse` blocked in `sys.modules`, offline, so only the code files saved beside the weights can
-make the load work. Used by the tests and by `make demo` (examples/demo.py imports it from the
-checkout); it is test infrastructure, not part of the installed package.
+`hf_embfuse` blocked in `sys.modules`, offline, with stdin closed (a load that stops to ask on the
+terminal ends at once instead of hanging), so only the code files saved beside the weights can make a
+load work. `load_in_fresh_process` runs model forwards; `run_without_hf_embfuse` any snippet (a tokenizer
+load, a pipeline, a `SentenceTransformer`). Used by the tests and by `make demo` (examples/demo.py
+imports it from the checkout); it is test infrastructure, not part of the installed package.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout this file lives in (tests/..)
-CHILD = r"""
-import json, os, sys
+# transformers' question when a load meets custom code and trust_remote_code was not passed down.
+PROMPT = "Do you wish to run the custom code"
+_PREAMBLE = f"""
+import os, sys
+REPO = {str(REPO)!r}
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != REPO]
 sys.modules["hf_embfuse"] = None  # any `import hf_embfuse` now raises ImportError
+"""
+_FORWARD = r"""
+import json
 import torch, transformers
 from safetensors.torch import load_file, save_file
 requests = json.loads(sys.argv[1])
@@ -51,19 +59,33 @@ def load_in_fresh_process(
         # A local folder is made absolute (the child runs elsewhere); anything else is a Hub repo id.
         location = str(Path(folder).resolve()) if Path(folder).exists() else str(folder)
         encoded.append((location, auto_class, str(inputs_file)))
-    repo = str(REPO)
-    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
     result_file = workdir / "outputs.safetensors"
-    code = f"REPO = {repo!r}\n" + CHILD
-    process = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(encoded), str(result_file)],
-        cwd=workdir,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if process.returncode != 0:
-        raise RuntimeError(f"child process failed:\n{process.stderr[-4000:]}")
+    run_without_hf_embfuse(_FORWARD, json.dumps(encoded), str(result_file), workdir=workdir, env=env)
     loaded = load_file(result_file)
     return [loaded[f"out{index}"] for index in range(len(requests))]
+
+
+def run_without_hf_embfuse(
+    code: str, *args: str, workdir: Path, timeout: float = 300, env: dict | None = None
+) -> str:
+    """Run `code` (its `sys.argv[1:]` = `args`) in the isolated child; return its stdout + stderr.
+
+    Raises:
+        RuntimeError: the child failed (the message holds the end of its output).
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env or {})}
+    process = subprocess.run(
+        [sys.executable, "-c", _PREAMBLE + code, *args],
+        cwd=workdir,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = process.stdout + process.stderr
+    if process.returncode != 0:
+        raise RuntimeError(f"child process failed:\n{output[-4000:]}")
+    return output

@@ -9,7 +9,7 @@ from transformers import pipeline
 from hf_embfuse.wrap import from_base
 from tests.fixtures_models import random_sources, tiny_base
 from tests.fixtures_tokenizers import make_bpe_tokenizer, make_wordpiece_tokenizer
-from tests.isolated_child import PROMPT, run_without_hf_embfuse
+from tests.fresh_process import PROMPT, run_without_hf_embfuse
 
 LABELS = ("negative", "neutral", "positive")
 # pipeline task -> (tiny architecture, EmbFuse task, tokenizer factory, input, call arguments)

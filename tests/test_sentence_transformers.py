@@ -14,7 +14,7 @@ from hf_embfuse.build import build_to_folder, fuse
 from hf_embfuse.recipe import Recipe
 from tests.fixtures_models import tiny_base
 from tests.fixtures_tokenizers import make_wordpiece_tokenizer
-from tests.isolated_child import PROMPT, run_without_hf_embfuse
+from tests.fresh_process import PROMPT, run_without_hf_embfuse
 
 TEXTS = ["the cat walked", "hello new york", "a happy dog is playing in paris"]
 PROMPTS = {"query": "query: ", "document": ""}

@@ -15,7 +15,7 @@ import pytest
 from hf_embfuse.build import fuse
 from tests.fixtures_models import tiny_base
 from tests.fixtures_tokenizers import make_bpe_tokenizer, make_unigram_tokenizer, make_wordpiece_tokenizer
-from tests.isolated_child import run_without_hf_embfuse
+from tests.fresh_process import run_without_hf_embfuse
 
 FAMILIES = {
     "wordpiece": ("bert", make_wordpiece_tokenizer),

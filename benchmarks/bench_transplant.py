@@ -11,8 +11,9 @@ Rows, each with its build time:
   mean-init    target tokens the base has one to one copied, every other row the base's mean row
                (what `resize_token_embeddings(mean_resizing=True)` gives every new row)
   FVT          the base table only: one-to-one copies, other rows the mean of the base's pieces
-  donor only   the donor's rows carried into the base space alone (fixed weights [1e-6, 1 - 1e-6]; a
-               rebuilt head mixes with the same weights)
+  donor only   the donor's rows carried into the base space alone, on every row (fixed weights
+               [1e-6, 1 - 1e-6], `donor_rows: all`; a rebuilt head mixes with the same weights)
+  donor, new rows   the same on the rows the base lacks, the base's own rows copied (tokensurgeon's split)
   ours         base + donor, mixed as examples/transplant_*.yaml say (if present; else base_weight 0.5)
   tokensurgeon `mergekit-tokensurgeon` OMP (k=64) in its own venv (.venv-mergekit), on the Gemma-3 body
                only (the other direction takes hours); its output is cached with its measured time
@@ -180,7 +181,7 @@ def fuse_with_donor(
         source["weight"] = options["source_weight"]
     extra = {
         k: options[k]
-        for k in ("output_head", "input_pieces", "output_pieces", "fixed_weights")
+        for k in ("output_head", "input_pieces", "output_pieces", "fixed_weights", "donor_rows")
         if k in options
     }
     result = hf_embfuse.fuse(
@@ -310,10 +311,18 @@ def run_pair(
         model, seconds = timed(fvt, base, base_tokenizer, target_tokenizer)
         add("FVT", model, target_tokenizer, seconds)
         del model
-        result, seconds = timed(
-            fuse_with_donor, base, base_tokenizer, ggufs[target], options, mixing="fixed", base_weight=1e-6
-        )
-        add("donor only", result.model, result.tokenizer, seconds)
+        for name, donor_rows in (("donor only", "all"), ("donor, new rows", "new")):
+            result, seconds = timed(
+                fuse_with_donor,
+                base,
+                base_tokenizer,
+                ggufs[target],
+                options,
+                mixing="fixed",
+                base_weight=1e-6,
+                donor_rows=donor_rows,
+            )
+            add(name, result.model, result.tokenizer, seconds)
     memory_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result, seconds = timed(fuse_with_donor, base, base_tokenizer, ggufs[target], options)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -373,7 +382,13 @@ def run_added_tokens(
     args: argparse.Namespace, ggufs: dict[str, Path], heldout: list[str], train: list[str]
 ) -> dict:
     base, base_tokenizer = load_plain("smollm2", ggufs["smollm2"])
-    words = split_words(train + heldout, base_tokenizer, args.added_words, 3, heldout)
+    # A word token of a byte-level BPE carries its leading space (" Chatterbox", as "ĠChatterbox" would):
+    # added bare, the space before it is left as a lone "Ġ" token, for both rows alike (see the README).
+    spaced = not args.bare_words
+    words = [
+        " " * spaced + word
+        for word in split_words(train + heldout, base_tokenizer, args.added_words, 3, heldout)
+    ]
     options = {**recipe_options("smollm2->gemma3"), "tokenizer": None, "added_tokens": words}
     result, build_ours = timed(fuse_with_donor, base, base_tokenizer, ggufs["gemma3"], options)
     (mean_model, mean_tokenizer), build_mean = timed(mean_resized, base, base_tokenizer, words)
@@ -439,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--added-heal-minutes", type=float, default=3.0)
     parser.add_argument("--added-words", type=int, default=200)
     parser.add_argument("--added-lines", type=int, default=150)
+    parser.add_argument(
+        "--bare-words", action="store_true", help="add the words without their leading space (HF's usual way)"
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=25)

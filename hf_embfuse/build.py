@@ -233,8 +233,13 @@ def fuse_recipe(
         del table
         source_anchors = None if transfer is None else transfer.anchors_for(aligned)
         output_table = None if transfer is None else transfer.output_table
+        coverage = (
+            aligned.coverage
+            if transfer is None
+            else transfer.donor_coverage(aligned.coverage, recipe.donor_rows)
+        )
         spec, projection_report, output_rows = _project(
-            source, read, aligned, base_table, special, recipe.seed, source_anchors, output_table
+            source, read, aligned, coverage, base_table, special, recipe.seed, source_anchors, output_table
         )
         if transfer is not None:
             transported = projection_report.get("rows") if source.projection in ("transport", "omp") else None
@@ -316,13 +321,14 @@ def _project(
     source: SourceRecipe,
     table: _Provenance,
     aligned: AlignedSource,
+    coverage: torch.Tensor,
     base_table: torch.Tensor,
     special: torch.Tensor,
     seed: int,
     anchors: torch.Tensor | None = None,
     output_table: torch.Tensor | None = None,
 ) -> tuple[SourceSpec, dict[str, Any], torch.Tensor | None]:
-    """Map the aligned rows into the base space as the recipe asks.
+    """Map the aligned rows the source is to cover (`coverage`) into the base space as the recipe asks.
 
     Returns the spec, what was measured, and (when `output_table` is given: the base's LM head on the same
     rows) the rows carried into the base's output space by the same transport, else `None`.
@@ -341,7 +347,7 @@ def _project(
     }
     if source.projection == "identity":
         spec = SourceSpec(
-            aligned.table, aligned.coverage, projection="identity", initialization="identity", info=info
+            aligned.table, coverage, projection="identity", initialization="identity", info=info
         )
         return spec, {"method": "identity"}, None
     if source.projection == "linear":
@@ -350,7 +356,7 @@ def _project(
         info["projection_fit"] = fit
         spec = SourceSpec(
             aligned.table,
-            aligned.coverage,
+            coverage,
             projection="linear",
             projection_weight=linear.weight,
             projection_bias=linear.bias,
@@ -359,14 +365,12 @@ def _project(
         )
         return spec, fit, None
     if source.projection == "omp":
-        plan = sparse_coding_plan(
-            aligned.table, aligned.coverage, anchors, k=source.transport_k, search="auto"
-        )
+        plan = sparse_coding_plan(aligned.table, coverage, anchors, k=source.transport_k, search="auto")
         report = {"method": "omp", "k": source.transport_k}
     else:
         plan = transport_plan(
             aligned.table,
-            aligned.coverage,
+            coverage,
             anchors,
             k=source.transport_k,
             temperature=source.transport_temperature,
@@ -381,9 +385,7 @@ def _project(
     # For comparison only: how far a linear map gets, fitted on a sample of anchors to stay cheap.
     report["linear_heldout_cosine"] = _linear_comparison(aligned.table, base_table, anchors, seed)
     info["projection_fit"] = report
-    spec = SourceSpec(
-        transported, aligned.coverage, projection="identity", initialization="transport", info=info
-    )
+    spec = SourceSpec(transported, coverage, projection="identity", initialization="transport", info=info)
     return spec, report, output_rows
 
 

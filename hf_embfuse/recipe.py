@@ -137,6 +137,11 @@ class Recipe(_Strict):
         description="LM head over a new vocabulary: tied to source 0 (the base's table), or untied and rebuilt "
         "as the mixture; auto = untied (measured better).",
     )
+    donor_rows: Literal["new", "all"] = Field(
+        "new",
+        description="Target rows the donors cover: `new`, only those the base does not have one to one (its own "
+        "rows are kept exactly), or `all` the rows they have.",
+    )
     # "mean" measured a little better than tokensurgeon's "last" for SmolLM2 -> Gemma-3 (1.141x vs 1.149x).
     input_pieces: PieceRule = Field("mean", description="How the base's pieces make a new input row.")
     # "mean" measured better than tokensurgeon's "first" for SmolLM2 -> Gemma-3 (1.141x vs 1.211x own bits/byte).

@@ -83,7 +83,6 @@ def test_batching_does_not_change_the_result():
 @pytest.mark.parametrize(
     ("change", "kwargs", "message"),
     [
-        ("uncovered anchor", {}, "1 anchors are not covered by the source; pass `anchors & coverage`"),
         ("no anchors", {}, "Transport needs at least 1 anchors, got 0"),
         ("one anchor", {"exclude_self": True}, "needs at least 2 anchors, got 1"),
         ("nan", {}, r"`source_table` has NaN or inf values .*\[4\]"),
@@ -95,10 +94,7 @@ def test_batching_does_not_change_the_result():
 )
 def test_bad_input_is_named(toy, change, kwargs, message):
     source, coverage, base, anchors = toy
-    if change == "uncovered anchor":
-        anchors = anchors.clone()
-        anchors[5] = True
-    elif change == "no anchors":
+    if change == "no anchors":
         anchors = torch.zeros(6, dtype=torch.bool)
     elif change == "one anchor":
         anchors = torch.tensor([0])
@@ -109,6 +105,18 @@ def test_bad_input_is_named(toy, change, kwargs, message):
         base = base[:5]
     with pytest.raises(ValueError, match=message):
         transport_table(source, coverage, base, anchors, **kwargs)
+
+
+def test_rows_outside_coverage_still_lend_their_vectors_as_anchors():
+    # A donor asked to fill only the rows the base lacks reads its anchor rows without covering them:
+    # the covered rows come out as when everything is covered, the anchors themselves stay zero.
+    gen = torch.Generator().manual_seed(1)
+    source, base = torch.randn(40, 6, generator=gen), torch.randn(40, 4, generator=gen)
+    anchors = torch.arange(40) < 25
+    everything = transport_table(source, torch.ones(40, dtype=torch.bool), base, anchors, k=3)
+    only_new = transport_table(source, ~anchors, base, anchors, k=3)
+    torch.testing.assert_close(only_new[~anchors], everything[~anchors])
+    assert only_new[anchors].abs().sum() == 0
 
 
 def test_centring_removes_a_shared_offset_before_taking_cosines():

@@ -7,6 +7,7 @@ tokenizer, and generates; baked equals fused.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 import hf_embfuse
 from hf_embfuse.bake import bake
+from hf_embfuse.transfer import align_base
 from tests.fixtures_models import tiny_base
 from tests.fixtures_tokenizers import (
     DEFAULT_UNIGRAM_PIECES,
@@ -193,6 +195,54 @@ def test_rows_follow_the_piece_rules_and_the_head_is_rebuilt_from_the_base_head(
     assert len(pieces) > 1
     torch.testing.assert_close(fused[new], old_input[pieces].mean(0))
     torch.testing.assert_close(head[new], old_head[pieces[0]])
+
+
+@pytest.mark.parametrize("projection", ["transport", "omp"])
+def test_donors_fill_only_the_rows_the_base_lacks_and_leave_its_own_rows_exact(tmp_path, projection):
+    """Whatever the mixing weights, a target row the base has one to one reads the base's own input row and
+    head row (the added-tokens case: every old token is exactly as before); `donor_rows="all"` mixes the
+    donor in there too. A row the base lacks mixes in the donor, and moving the mixer moves it."""
+    base_tokenizer = make_bpe_tokenizer()
+    base = tiny_base("llama", "causal-lm", vocab_size=len(base_tokenizer))
+    old_input = base.get_input_embeddings().weight.detach().clone()
+    old_head = base.get_output_embeddings().weight.detach().clone()
+    donor = _donor(tmp_path, base_tokenizer, "gpt2")
+
+    def build(donor_rows: str):
+        return hf_embfuse.fuse(
+            copy.deepcopy(base),
+            [{"path": donor, "projection": projection, "transport_k": 4}],
+            task="causal-lm",
+            base_weight=0.2,
+            base_tokenizer=base_tokenizer,
+            added_tokens=[" catdog"],
+            donor_rows=donor_rows,
+        )
+
+    result = build("new")
+    model, tokenizer = result.model, result.tokenizer
+    embedding = model.get_input_embeddings()
+    # Every old token but the reserved placeholder (`<|reserved_special_token_0|>`: nobody's row, so filled).
+    own = align_base(base, base_tokenizer, tokenizer).own_rows
+    old = own.nonzero().squeeze(1)
+    assert old.tolist() == [
+        i
+        for i in range(len(base_tokenizer))
+        if i != base_tokenizer.convert_tokens_to_ids("<|reserved_special_token_0|>")
+    ]
+    new = tokenizer.convert_tokens_to_ids(" catdog")
+    assert new == len(base_tokenizer)
+    assert torch.equal(embedding.fused_weight()[old], old_input[old])
+    assert torch.equal(model.get_output_embeddings().weight.detach()[old], old_head[old])
+    assert not embedding.coverage[old, 1].any() and bool(embedding.coverage[new, 1])
+    before = embedding.fused_weight()[new].clone()
+    with torch.no_grad():
+        embedding.mixer.logits += torch.tensor([2.0, -2.0])
+    assert not torch.allclose(embedding.fused_weight()[new], before)
+    assert torch.equal(embedding.fused_weight()[old], old_input[old])
+
+    everywhere = build("all").model
+    assert not torch.allclose(everywhere.get_input_embeddings().fused_weight()[old], old_input[old])
 
 
 def test_omp_donor_builds_and_reports_its_rows(tmp_path):

@@ -122,7 +122,8 @@ def transport_table(
         source_table: `(V, d_source)` source table aligned to the base vocabulary.
         coverage: `(V,)` boolean mask (or row ids) of rows the source covers.
         base_table: `(V, d_base)` the base model's input-embedding table.
-        anchors: mask or row ids of rows whose base vectors may be borrowed; must be covered.
+        anchors: mask or row ids of rows whose base vectors may be borrowed (rows the source has, covered or
+            not: a source may be asked to fill only some rows).
         k: neighbours per row; capped by the number of anchors available.
         temperature: softmax temperature over cosines; lower is closer to nearest-neighbour copying.
         exclude_self: leave a row out of its own neighbours (only matters for anchor rows).
@@ -250,12 +251,10 @@ def anchor_neighbours(
         raise ValueError(f"`search` must be one of {', '.join(map(repr, SEARCHES))}, got {search!r}.")
     covered = as_mask("coverage", rows, coverage)
     anchor_mask = as_mask("anchors", rows, anchors)
-    if bool((anchor_mask & ~covered).any()):
-        raise ValueError(
-            f"{int((anchor_mask & ~covered).sum())} anchors are not covered by the source; "
-            "pass `anchors & coverage`."
-        )
     anchor_ids = anchor_mask.nonzero().squeeze(1)
+    # The rows searched are the covered ones; anchors need not be among them (a donor that only fills
+    # the rows the base lacks still reads its anchor rows), but their vectors are needed too.
+    needed = (covered | anchor_mask).nonzero().squeeze(1)
     row_ids = covered.nonzero().squeeze(1)
     n_anchors = anchor_ids.numel()
     k_eff = min(k, n_anchors - 1 if exclude_self else n_anchors)
@@ -265,17 +264,18 @@ def anchor_neighbours(
             "anchors are rows covered by both the source and the base."
         )
 
-    covered_rows = source_table.detach().float()[row_ids.to(source_table.device)].cpu()
-    check_finite("source_table", covered_rows, row_ids)
-    n_zero = int((covered_rows.abs().sum(dim=1) == 0).sum())
+    needed_rows = source_table.detach().float()[needed.to(source_table.device)].cpu()
+    check_finite("source_table", needed_rows, needed)
+    n_zero = int((needed_rows.abs().sum(dim=1) == 0).sum())
     if n_zero:
         logger.warning("Transport: %d covered rows are all-zero; their neighbours are arbitrary.", n_zero)
     if center:
-        covered_rows = covered_rows - covered_rows.mean(0)
-    unit = torch.nn.functional.normalize(covered_rows, dim=1)
-    del covered_rows
-    # Anchors are covered rows, so their (centred) unit vectors are rows of `unit`.
-    anchor_unit = unit[torch.searchsorted(row_ids, anchor_ids)]
+        needed_rows = needed_rows - needed_rows.mean(0)
+    unit = torch.nn.functional.normalize(needed_rows, dim=1)
+    del needed_rows
+    anchor_unit = unit[torch.searchsorted(needed, anchor_ids)]
+    if needed.numel() != row_ids.numel():
+        unit = unit[torch.searchsorted(needed, row_ids)]
     # Position of each covered row among the anchors (-1 if not an anchor), to find "self".
     anchor_pos = torch.full((rows,), -1, dtype=torch.long)
     anchor_pos[anchor_ids] = torch.arange(n_anchors)

@@ -42,6 +42,11 @@ class BaseOnTarget:
     tied: bool
 
     @property
+    def own_rows(self) -> torch.Tensor:
+        """`(V_t,)` rows the base has as one row of its own: the anchors and the specials matched by role."""
+        return self.anchors | self.aligned.outcome_mask("special")
+
+    @property
     def num_rows(self) -> int:
         return int(self.aligned.table.shape[0])
 

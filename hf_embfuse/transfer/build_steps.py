@@ -128,6 +128,14 @@ class TargetBuild:
         """Rows both the base and this source match one to one: where a donor's rows meet base vectors."""
         return self.base.anchors & aligned.anchor_mask
 
+    def donor_coverage(self, coverage: torch.Tensor, donor_rows: str) -> torch.Tensor:
+        """The rows a donor covers on the target: with `donor_rows="new"`, none that the base has one to one.
+
+        A donor reaches the base space through the anchors, so on an anchor its row is at best the base's own
+        vector blurred by its neighbours'; mixing it in there only moves rows the body already reads well.
+        """
+        return coverage if donor_rows == "all" else coverage & ~self.base.own_rows
+
     def add_donor(
         self,
         name: str,

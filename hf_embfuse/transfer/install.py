@@ -48,18 +48,20 @@ def mix_rows(
     donors: list[Donor],
     output: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The build-time mixture per row (initial weights renormalised over who covers it) and who covers it."""
-    total = base_rows.float() * (base_weight * base_coverage.float()).unsqueeze(1)
-    weights = base_weight * base_coverage.float()
+    """The build-time mixture per row (initial weights renormalised over who covers it) and who covers it.
+
+    The weights are normalised before the sum, so a row only one source covers is that source's row exactly.
+    """
+    parts = [(base_rows, base_weight * base_coverage.float())]
     for donor in donors:
         rows = donor.output_rows if output else donor.rows
-        if rows is None:
-            continue
-        w = donor.weight * donor.coverage.float()
-        total += rows.float() * w.unsqueeze(1)
-        weights += w
+        if rows is not None:
+            parts.append((rows, donor.weight * donor.coverage.float()))
+    weights = sum(w for _, w in parts)
     covered = weights > 0
-    total[covered] /= weights[covered].unsqueeze(1)
+    total = torch.zeros_like(base_rows, dtype=torch.float32)
+    for rows, w in parts:
+        total += rows.float() * (w / weights.clamp_min(1e-30)).unsqueeze(1)
     return total, covered
 
 

@@ -116,7 +116,7 @@ def fuse(
         **options: the other recipe fields (`mixing_temperature`, `regularizer`, `reg_lambda`,
             `train_sources`, `train_projections`, `source_dtype`, `seed`; for a target vocabulary
             `added_tokens`, `added_tokens_file`, `min_overlap`, `allow_low_overlap`, `output_head`,
-            `input_pieces`, `output_pieces`).
+            `input_pieces`, `output_pieces`, `donor_rows`).
 
     Returns:
         A `FuseResult` with the model, the tokenizer and one `SourceReport` per source.

@@ -16,6 +16,8 @@ from .modeling_embfuse import TASKS
 Task = Literal[tuple(task.name for task in TASKS)]  # type: ignore[valid-type]
 Projection = Literal["transport", "omp", "linear", "identity"]
 PieceRule = Literal["mean", "first", "last"]
+# The head may also take no piece rows at all: its new rows then come from the donors alone.
+OutputPieceRule = Literal["mean", "first", "last", "none"]
 # Roles an added special token can take: the tokenizer attribute it becomes (`additional` = one more
 # control token, e.g. a chat marker, in `additional_special_tokens`).
 Role = Literal["bos", "eos", "unk", "pad", "mask", "cls", "sep", "additional"]
@@ -144,8 +146,10 @@ class Recipe(_Strict):
     )
     # "mean" measured a little better than tokensurgeon's "last" for SmolLM2 -> Gemma-3 (1.141x vs 1.149x).
     input_pieces: PieceRule = Field("mean", description="How the base's pieces make a new input row.")
-    # "mean" measured better than tokensurgeon's "first" for SmolLM2 -> Gemma-3 (1.141x vs 1.211x own bits/byte).
-    output_pieces: PieceRule = Field("mean", description="How the base's pieces make a new output row.")
+    output_pieces: OutputPieceRule = Field(
+        "mean",
+        description="How the base's pieces make a new output row; `none`: the head's new rows are the donors' alone.",
+    )
 
     @field_validator("added_tokens", mode="before")
     @classmethod

@@ -197,6 +197,34 @@ def test_rows_follow_the_piece_rules_and_the_head_is_rebuilt_from_the_base_head(
     torch.testing.assert_close(head[new], old_head[pieces[0]])
 
 
+def test_output_pieces_none_leaves_the_heads_new_rows_to_the_donor(tmp_path):
+    """`output_pieces="none"`: the rebuilt head's rows the base lacks are the donor's rows alone (for a tied base
+    the donor's output rows are its input rows in the base space), while the input rows still mix the base's
+    pieces in; rows the base has stay the base's."""
+    base_tokenizer = make_bpe_tokenizer()
+    target = make_unigram_tokenizer((*DEFAULT_UNIGRAM_PIECES, "▁catdog"))
+    base = tiny_base("gpt2", "causal-lm", vocab_size=len(base_tokenizer))
+    old_head = base.get_output_embeddings().weight.detach().clone()
+    model = hf_embfuse.fuse(
+        base,
+        [{"path": _donor(tmp_path, target, "llama"), "transport_k": 4}],
+        task="causal-lm",
+        mixing="fixed",
+        base_tokenizer=base_tokenizer,
+        tokenizer="source:1",
+        allow_low_overlap=True,
+        output_pieces="none",
+    ).model
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings().weight.detach()
+    assert head.data_ptr() != embedding.weight.data_ptr()  # untied and rebuilt
+    new, copied = target.convert_tokens_to_ids("▁catdog"), target.convert_tokens_to_ids("▁cat")
+    donor_row = embedding.source_tables[0][new].detach()
+    assert donor_row.abs().sum() > 0
+    torch.testing.assert_close(head[new], donor_row)
+    assert not torch.allclose(embedding.fused_weight()[new], donor_row)  # the input row mixes in the pieces
+    assert torch.equal(head[copied], old_head[base_tokenizer.convert_tokens_to_ids("Ġcat")])
+
+
 @pytest.mark.parametrize("projection", ["transport", "omp"])
 def test_donors_fill_only_the_rows_the_base_lacks_and_leave_its_own_rows_exact(tmp_path, projection):
     """Whatever the mixing weights, a target row the base has one to one reads the base's own input row and

@@ -67,12 +67,16 @@ def align_onto_target(
     pieces: str,
     show_progress: bool = False,
 ) -> AlignedSource:
-    """`align_source` onto the target rows, whatever the coverage (the caller judges the overlap)."""
+    """`align_source` onto the target rows, whatever the coverage (the caller judges the overlap).
+
+    `pieces` is the piece rule (`mean`, `first`, `last`), or `none`: rows the base has no token for stay uncovered.
+    """
     return align_source(
         target_tokenizer,
         table,
         num_rows=len(target_tokenizer),
-        combine=pieces,
+        decompose=pieces != "none",
+        combine="mean" if pieces == "none" else pieces,
         min_coverage=0.0,
         allow_low_coverage=True,
         show_progress=show_progress,

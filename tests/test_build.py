@@ -261,3 +261,15 @@ def test_inspect_and_bake_refuse_a_folder_that_is_no_fused_checkpoint_alike(
         err = capsys.readouterr().err
         assert message in err and str(folder) in err, command
     assert not (tmp_path / "out").exists()
+
+
+EXAMPLE_RECIPES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_RECIPES, ids=lambda p: p.name)
+def test_the_example_recipes_are_valid_recipes(path):
+    """Every recipe in examples/ parses with the schema `hf-embfuse build` uses (a renamed field fails here)."""
+    recipe = load_recipe(path)
+    assert recipe.sources and recipe.base
+    if path.name.startswith("transplant_"):
+        assert recipe.target_source == 1 and recipe.task == "causal-lm"

@@ -378,7 +378,13 @@ def _project(
         )
         report = {"method": "transport", "k": source.transport_k, "temperature": source.transport_temperature}
     transported = plan.apply(base_table)
-    output_rows = None if output_table is None else plan.apply(output_table)
+    output_plan = plan
+    if output_table is not None and source.projection == "omp":
+        # The head's rows coded over every anchor where that is affordable (see transfer/sparse_coding.py).
+        output_plan = sparse_coding_plan(
+            aligned.table, coverage, anchors, k=source.transport_k, candidates="all"
+        )
+    output_rows = None if output_table is None else output_plan.apply(output_table)
     report.update(rows=plan.stats.n_rows, anchors=plan.stats.n_anchors, search=plan.stats.search)
     if plan.stats.recall is not None:
         report["search_recall"] = round(plan.stats.recall, 4)

@@ -68,6 +68,25 @@ def test_sparse_coding_reconstructs_a_row_that_is_a_combination_of_anchors():
     torch.testing.assert_close(bounded.apply(base)[60], (2 * base[3] - base[7]) * 2 / 3, atol=1e-3, rtol=1e-3)
 
 
+def test_whole_set_sparse_coding_finds_atoms_far_from_the_row():
+    """`candidates="all"` picks among every anchor: a row that is a combination of anchors far from it (not
+    among its nearest candidates) is still coded exactly, with free coefficients, and only covered rows are coded."""
+    generator = torch.Generator().manual_seed(2)
+    anchors_rows = torch.randn(200, 16, generator=generator)
+    row = 3 * anchors_rows[11] - 2 * anchors_rows[150] + 0.5 * anchors_rows[42]
+    table = torch.cat([anchors_rows, row.unsqueeze(0)])
+    base = torch.randn(201, 6, generator=generator)
+    anchors = torch.arange(201) < 200
+    coverage = ~anchors  # only the new row is coded
+    plan = sparse_coding_plan(table, coverage, anchors, k=3, candidates="all")
+    assert plan.rows.tolist() == [200]
+    torch.testing.assert_close(
+        plan.apply(base)[200], 3 * base[11] - 2 * base[150] + 0.5 * base[42], atol=1e-3, rtol=1e-3
+    )
+    assert sorted(plan.neighbours[0].tolist()) == [11, 42, 150]
+    assert float(plan.weights.abs().sum()) == pytest.approx(5.5, abs=1e-3)  # not bounded to 2
+
+
 def test_unknown_search_is_named():
     table = _clustered_table(rows=50)
     with pytest.raises(ValueError, match="search"):

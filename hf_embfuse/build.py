@@ -24,7 +24,7 @@ from .sources._checkpoint import require_path_or_repo_id
 from .sources.gguf_model import is_gguf_file, load_gguf_base
 from .sources.table import SourceTable
 from .transfer.build_steps import TargetBuild
-from .transfer.sparse_coding import sparse_coding_plan
+from .transfer.sparse_coding import codes_over_all_anchors, sparse_coding_plan
 from .wrap import SourceSpec, from_base, task_named
 
 logger = logging.getLogger(__name__)
@@ -379,8 +379,13 @@ def _project(
         report = {"method": "transport", "k": source.transport_k, "temperature": source.transport_temperature}
     transported = plan.apply(base_table)
     output_plan = plan
-    if output_table is not None and source.projection == "omp":
-        # The head's rows coded over every anchor where that is affordable (see transfer/sparse_coding.py).
+    if (
+        output_table is not None
+        and source.projection == "omp"
+        and codes_over_all_anchors(aligned.table.shape[0], coverage, anchors)
+    ):
+        # The head's rows coded over every anchor where that is affordable (see transfer/sparse_coding.py);
+        # elsewhere the head reuses the input rows' plan.
         output_plan = sparse_coding_plan(
             aligned.table, coverage, anchors, k=source.transport_k, candidates="all"
         )

@@ -68,6 +68,18 @@ def test_sparse_coding_reconstructs_a_row_that_is_a_combination_of_anchors():
     torch.testing.assert_close(bounded.apply(base)[60], (2 * base[3] - base[7]) * 2 / 3, atol=1e-3, rtol=1e-3)
 
 
+def test_whole_set_sparse_coding_refuses_problems_past_an_exact_search(monkeypatch):
+    from hf_embfuse.transfer import sparse_coding
+
+    table = torch.randn(30, 4, generator=torch.Generator().manual_seed(3))
+    anchors = torch.arange(30) < 20
+    assert sparse_coding.codes_over_all_anchors(30, ~anchors, anchors)
+    monkeypatch.setattr(sparse_coding, "_EXACT_UP_TO", 10 * 20 - 1)
+    assert not sparse_coding.codes_over_all_anchors(30, ~anchors, anchors)
+    with pytest.raises(ValueError, match="at most 2\\^31 rows x anchors"):
+        sparse_coding_plan(table, ~anchors, anchors, k=2, candidates="all")
+
+
 def test_whole_set_sparse_coding_finds_atoms_far_from_the_row():
     """`candidates="all"` picks among every anchor: a row that is a combination of anchors far from it (not
     among its nearest candidates) is still coded exactly, with free coefficients, and only covered rows are coded."""

@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from ..projection._checks import as_mask
+from ..projection._checks import as_mask, check_finite
 from ..projection.transport import _EXACT_UP_TO, TransportPlan, TransportStats, anchor_neighbours
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def sparse_coding_plan(
         anchors: rows whose base vectors may be borrowed (covered by both sides).
         k: atoms per row.
         candidates: anchors each row's atoms are chosen from; `4 k` (at least 32) by default; `"all"`: every
-            anchor at every step, when rows x anchors is at most 2^31 (else the default, with a log line).
+            anchor at every step, for at most 2^31 rows x anchors (`codes_over_all_anchors` says).
         ridge: added to the Gram diagonal, relative to its mean, so near-duplicate atoms stay solvable.
         max_l1: coefficients whose absolute sum exceeds this are scaled down to it. Nearly collinear atoms
             can take large opposite coefficients that cancel in the donor space but not in the base space;
@@ -59,12 +59,13 @@ def sparse_coding_plan(
     if k < 1:
         raise ValueError(f"`k` must be at least 1, got {k}.")
     if candidates == "all":
+        if not codes_over_all_anchors(source_table.shape[0], coverage, anchors):
+            raise ValueError(
+                "candidates='all' codes every row over every anchor, for at most 2^31 rows x anchors; leave "
+                "`candidates` unset to pick atoms among each row's nearest anchors."
+            )
         rows = as_mask("coverage", source_table.shape[0], coverage)
-        atoms = as_mask("anchors", source_table.shape[0], anchors)
-        if int(rows.sum()) * int(atoms.sum()) <= _EXACT_UP_TO:
-            return _whole_set_plan(source_table, rows, atoms, k)
-        logger.info("Too many rows x anchors to pick atoms among all anchors; picking among the nearest.")
-        candidates = None
+        return _whole_set_plan(source_table, rows, as_mask("anchors", source_table.shape[0], anchors), k)
     pool = candidates or max(32, 4 * k)
     near = anchor_neighbours(source_table, coverage, anchors, k=pool, search=search)
     k = min(k, near.ids.shape[1])
@@ -87,9 +88,7 @@ def sparse_coding_plan(
         n_anchors=near.n_anchors,
         k=k,
         mean_top1_cosine=float(near.cosines[:, 0].mean()),
-        mean_effective_neighbours=float(
-            ((coefficients.abs().sum(1) ** 2) / (coefficients**2).sum(1).clamp_min(1e-30)).mean()
-        ),
+        mean_effective_neighbours=_effective_atoms(coefficients),
         search=near.search,
         recall=near.recall,
     )
@@ -102,6 +101,17 @@ def sparse_coding_plan(
         residual_share / max(stats.n_rows, 1),
     )
     return TransportPlan(source_table.shape[0], near.rows, atoms, coefficients, stats)
+
+
+def codes_over_all_anchors(num_rows: int, coverage: torch.Tensor, anchors: torch.Tensor) -> bool:
+    """Whether `candidates="all"` is affordable: the rows x anchors an exact search would take, at most 2^31."""
+    rows, atoms = as_mask("coverage", num_rows, coverage), as_mask("anchors", num_rows, anchors)
+    return int(rows.sum()) * int(atoms.sum()) <= _EXACT_UP_TO
+
+
+def _effective_atoms(coefficients: torch.Tensor) -> float:
+    """Mean participation ratio `(Σ|c|)² / Σc²` of the rows' coefficients: how many atoms a row really uses."""
+    return float(((coefficients.abs().sum(1) ** 2) / (coefficients**2).sum(1).clamp_min(1e-30)).mean())
 
 
 def _whole_set_plan(
@@ -119,6 +129,8 @@ def _whole_set_plan(
     if k < 1:
         raise ValueError("Sparse coding needs at least 1 anchor, got 0.")
     atoms_table = table[anchor_ids]
+    check_finite("source_table", atoms_table, anchor_ids)
+    check_finite("source_table", table[row_ids], row_ids)
     chosen = torch.empty(row_ids.numel(), k, dtype=torch.long)
     coefficients = torch.empty(row_ids.numel(), k)
     top1 = torch.empty(row_ids.numel())
@@ -145,9 +157,7 @@ def _whole_set_plan(
         n_anchors=anchor_ids.numel(),
         k=k,
         mean_top1_cosine=float(top1.mean()) if top1.numel() else 0.0,
-        mean_effective_neighbours=float(
-            ((coefficients.abs().sum(1) ** 2) / (coefficients**2).sum(1).clamp_min(1e-30)).mean()
-        ),
+        mean_effective_neighbours=_effective_atoms(coefficients),
         search="exact",
     )
     logger.info("Sparse-coded %d rows over all %d anchors (%d atoms each).", stats.n_rows, stats.n_anchors, k)

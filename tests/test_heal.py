@@ -142,3 +142,65 @@ def test_example_command_writes_the_healed_folder_curve_and_plot(tokenizer, tmp_
     assert type(healed).__name__ == "EmbFuseForCausalLM"
     assert transplant.main([*argv]) == 2  # the output exists
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_chunked_loss_equals_the_models_own_loss_and_gradient(tokenizer, chunk):
+    from hf_embfuse.training import next_token_log_probs
+
+    model = fused_model(tokenizer).train()
+    batch = transplant.LineDataset(tokenizer, LINES[:4]).collate(
+        transplant.LineDataset(tokenizer, LINES[:4]).examples
+    )
+    own = model(**batch).loss  # the model's loss over the full logits (plus λ·Ω, zero by default here)
+    own.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    log_probs = next_token_log_probs(model, batch["input_ids"], batch["attention_mask"], chunk=chunk)
+    loss = -log_probs.sum() / batch["attention_mask"][:, 1:].sum()
+    loss.backward()
+    assert loss.item() == pytest.approx(own.item(), rel=1e-5)
+    assert log_probs[batch["attention_mask"][:, 1:] == 0].eq(0).all()
+    for name, grad in expected.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6), name
+
+
+def test_the_training_bar_counts_the_time_budget_and_each_evaluation_shows_progress(
+    tokenizer, tmp_path, capsys
+):
+    transplant.heal(
+        fused_model(tokenizer),
+        tokenizer,
+        LINES,
+        LINES[:3],
+        out_dir=tmp_path,
+        minutes=0.02,
+        max_steps=10_000,
+        batch_size=4,
+        eval_every=0,
+        show_progress=True,
+    )
+    err = capsys.readouterr().err
+    assert "heal:" in err and "/1 s" in err  # 0.02 minutes: a bar of 1 second, not of 10,000 steps
+    assert "/10000" not in err
+    assert err.count("bits per byte") >= 2  # step 0 and the end
+
+
+def test_example_distill_heal_writes_the_healed_folder(tokenizer, tmp_path, capsys):
+    from tests.fixtures_tokenizers import make_unigram_tokenizer
+
+    folder, teacher = tmp_path / "fused", tmp_path / "teacher"
+    fused_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    teacher_tokenizer = make_unigram_tokenizer()
+    tiny_base("llama", "causal-lm", seed=3, vocab_size=len(teacher_tokenizer)).save_pretrained(teacher)
+    teacher_tokenizer.save_pretrained(teacher)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    argv = [str(folder), "--text", str(text), "--max-steps", "2", "--eval-lines", "4", "--loss", "distill"]
+    assert transplant.main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "--loss distill needs --teacher" in capsys.readouterr().err
+    assert transplant.main([*argv, "--out", str(tmp_path / "b"), "--teacher", str(teacher)]) == 0
+    curve = json.loads((tmp_path / "b" / "heal_curve.json").read_text())
+    assert [point["step"] for point in curve["curve"]] == [0, 2]
+    assert type(load_causal_lm(tmp_path / "b")[0]).__name__ == "EmbFuseForCausalLM"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from .modeling_embfuse import (
     TASKS,
     EmbFusePreTrainedModel,
     EmbFuseTask,
+    Mixer,
     MultiSourceEmbedding,
     SourceProjection,
 )
@@ -156,8 +159,10 @@ def from_base(
     # Everything is given (pretrained base, aligned sources): initialisation must not touch it.
     for module in base.modules():
         module._is_hf_initialized = True
-    model = wrapper_class(chosen)(config, base_model=base)
-    _load_sources(model.get_input_embeddings(), sources, base_coverage)
+    # A skeleton on the meta device (a streamed build) gets a wrapper there too: no table is allocated.
+    with torch.device("meta") if old.weight.is_meta else contextlib.nullcontext():
+        model = wrapper_class(chosen)(config, base_model=base)
+    _load_sources(model.get_input_embeddings(), config, sources, base_coverage)
     return model.to(old.weight.device)
 
 
@@ -171,7 +176,9 @@ def _validate_source(index: int, spec: SourceSpec, num_rows: int, width: int) ->
             f"Source {index} ({name!r}) has {table.shape[0]} rows but the base embedding has {num_rows}. Align it "
             "to the base vocabulary first (`hf_embfuse.align_source` or `hf_embfuse.fuse`)."
         )
-    bad_rows = (~torch.isfinite(table.float())).any(dim=1)
+    bad_rows = (
+        torch.zeros(0, dtype=torch.bool) if table.is_meta else (~torch.isfinite(table.float())).any(dim=1)
+    )
     if bad_rows.any():
         raise ValueError(
             f"Source {index} ({name!r}) has {int(bad_rows.sum())} rows with NaN/Inf (first: row "
@@ -192,29 +199,67 @@ def _validate_source(index: int, spec: SourceSpec, num_rows: int, width: int) ->
         )
 
 
+def embedding_state(
+    config: EmbFuseConfig,
+    sources: list[SourceSpec],
+    base_coverage: torch.Tensor | None,
+    num_rows: int,
+    width: int,
+    padding_idx: int | None,
+) -> dict[str, torch.Tensor]:
+    """The embedding's tensors other than the tables (coverage, mixer, projections), by their key in the module.
+
+    One home for them, whether they are loaded into a model in memory or written straight into a checkpoint.
+    """
+    coverage = torch.ones(num_rows, 1 + len(sources), dtype=torch.bool)
+    if base_coverage is not None:
+        coverage[:, 0] = base_coverage.to(torch.bool)
+    state: dict[str, torch.Tensor] = {}
+    for index, spec in enumerate(sources, start=1):
+        if spec.coverage is not None:
+            coverage[:, index] = spec.coverage.to(torch.bool)
+        if config.sources[index]["projection"] == "linear":
+            projection = SourceProjection(spec.table.shape[1], width)
+            projection.reset_to_identity()
+            with torch.no_grad():
+                if spec.projection_weight is not None:
+                    projection.weight.copy_(spec.projection_weight)
+                if spec.projection_bias is not None:
+                    projection.bias.copy_(spec.projection_bias)
+            state[f"projections.{index - 1}.weight"] = projection.weight.detach()
+            state[f"projections.{index - 1}.bias"] = projection.bias.detach()
+    if padding_idx is not None:
+        # The padding row stays the base's (usually zero, gradient-free) row.
+        coverage[padding_idx, 1:] = False
+    state["coverage"] = coverage
+    mixer = Mixer(config, width)
+    state.update({f"mixer.{key}": value.detach() for key, value in mixer.state_dict().items()})
+    return state
+
+
 @torch.no_grad()
 def _load_sources(
-    embedding: MultiSourceEmbedding, sources: list[SourceSpec], base_coverage: torch.Tensor | None = None
+    embedding: MultiSourceEmbedding,
+    config: EmbFuseConfig,
+    sources: list[SourceSpec],
+    base_coverage: torch.Tensor | None = None,
 ) -> None:
     device = embedding.weight.device
-    if base_coverage is not None:
-        embedding.coverage[:, 0] = base_coverage.to(device=device, dtype=torch.bool)
+    if device.type == "meta":
+        return  # a skeleton: its values are written into the checkpoint, not held
     for index, spec in enumerate(sources, start=1):
         table = embedding.source_tables[index - 1]
         table.data = spec.table.detach().to(device=device, dtype=table.dtype, copy=True)
-        if spec.coverage is not None:
-            embedding.coverage[:, index] = spec.coverage.to(device=device, dtype=torch.bool)
-        else:
-            embedding.coverage[:, index] = True
-        projection = embedding.projections[index - 1]
-        if isinstance(projection, SourceProjection):
-            if spec.projection_weight is not None:
-                projection.weight.copy_(spec.projection_weight)
-            if spec.projection_bias is not None:
-                projection.bias.copy_(spec.projection_bias)
-    if embedding.padding_idx is not None:
-        # The padding row stays the base's (usually zero, gradient-free) row.
-        embedding.coverage[embedding.padding_idx, 1:] = False
+    state = embedding_state(
+        config,
+        sources,
+        base_coverage,
+        embedding.num_embeddings,
+        embedding.embedding_dim,
+        embedding.padding_idx,
+    )
+    # The mixer is already what its config makes; the rest is loaded.
+    embedding.load_state_dict({k: v for k, v in state.items() if not k.startswith("mixer.")}, strict=False)
 
 
-__all__ = ["SourceSpec", "from_base", "task_for_model", "task_named", "wrapper_class"]
+__all__ = ["SourceSpec", "embedding_state", "from_base", "task_for_model", "task_named", "wrapper_class"]

@@ -57,19 +57,22 @@ class AlignedSource:
     """A source's table laid out on the base vocabulary.
 
     Attributes:
-        table: `(num_rows, d)` float32; uncovered rows are zero.
+        table: `(num_rows, d)` float32, uncovered rows zero; `None` when aligned with `build_table=False`
+            (the rows are then `bags` read from the source's table, chunk by chunk).
         coverage: `(num_rows,)` bool, True where the source has a row for the base token.
         report: counts and coverage, JSON-safe through `report.to_dict()`.
         outcomes: `(num_rows,)` int8, the index into `OUTCOMES` of how each row was filled.
         source_index: `(num_rows,)` int64, the source row copied into each row matched one to one
             (special, exact, canonical, casefold), -1 elsewhere.
+        bags: each row as a bag of source rows (what `table` was built from).
     """
 
-    table: torch.Tensor
+    table: torch.Tensor | None
     coverage: torch.Tensor
     report: AlignmentReport
     outcomes: torch.Tensor
     source_index: torch.Tensor
+    bags: RowBags | None = None
 
     @property
     def name(self) -> str:
@@ -89,20 +92,47 @@ class AlignedSource:
         return self.outcome_mask(*sorted(ANCHOR_OUTCOMES))
 
 
-def _build_table(
-    weight: torch.Tensor,
+@dataclass
+class RowBags:
+    """Each row as a bag of source rows, combined by `mode` (the alignment as a plan; CSR layout).
+
+    Attributes:
+        flat: `(n,)` source row ids, bag after bag in row order.
+        offsets: `(num_rows,)` where each row's bag starts in `flat` (an empty bag is a zero row).
+        mode: `"mean"`, `"sum"` or `"max"`.
+    """
+
+    flat: torch.Tensor
+    offsets: torch.Tensor
+    mode: str
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.offsets.numel())
+
+    def rows_between(self, start: int, end: int, table: torch.Tensor) -> torch.Tensor:
+        """`(end - start, d)` float32: rows `start..end` built from `table`'s rows."""
+        lo = int(self.offsets[start]) if start < self.num_rows else int(self.flat.numel())
+        hi = int(self.offsets[end]) if end < self.num_rows else int(self.flat.numel())
+        flat = self.flat[lo:hi]
+        # Convert only the rows used, not a whole (possibly 262k-row) half-precision table.
+        used, local = torch.unique(flat, return_inverse=True)
+        rows = table[used.to(table.device)].to(torch.float32)
+        return F.embedding_bag(
+            local.to(table.device), rows, (self.offsets[start:end] - lo).to(table.device), mode=self.mode
+        )
+
+
+def _bags(
     num_rows: int,
     source_index: np.ndarray,
     dec_rows: np.ndarray,
     dec_flat: np.ndarray,
     dec_lengths: np.ndarray,
     mode: str,
-) -> torch.Tensor:
-    """The whole aligned table from one `embedding_bag`, written once, in row order.
-
-    Every base row is a bag: one source row for one-to-one matches, the pieces for decomposed
-    rows, and nothing for uncovered ones (an empty bag comes out as zeros in every mode).
-    """
+) -> RowBags:
+    """Every row as a bag: one source row for one-to-one matches, the pieces for decomposed rows, nothing
+    for uncovered ones (an empty bag comes out as zeros in every mode)."""
     if mode in ("first", "last") and dec_rows.size:
         starts = np.cumsum(dec_lengths) - dec_lengths
         dec_flat = dec_flat[starts if mode == "first" else starts + dec_lengths - 1]
@@ -120,14 +150,7 @@ def _build_table(
         dec_starts = np.cumsum(dec_lengths) - dec_lengths
         within = np.arange(dec_flat.size) - np.repeat(dec_starts, dec_lengths)
         flat[np.repeat(offsets[dec_rows], dec_lengths) + within] = dec_flat
-
-    flat_t = torch.from_numpy(flat).to(weight.device)
-    offsets_t = torch.from_numpy(offsets).to(weight.device)
-    if weight.dtype == torch.float32:
-        return F.embedding_bag(flat_t, weight, offsets_t, mode=mode)
-    # Convert only the rows used, not a whole (possibly 262k-row) half-precision table.
-    used, local = torch.unique(flat_t, return_inverse=True)
-    return F.embedding_bag(local, weight[used].to(torch.float32), offsets_t, mode=mode)
+    return RowBags(torch.from_numpy(flat), torch.from_numpy(offsets), mode)
 
 
 def _report(
@@ -184,6 +207,7 @@ def align_source(
     allow_low_coverage: bool = False,
     show_progress: bool = False,
     base_vocabulary: Vocabulary | None = None,
+    build_table: bool = True,
 ) -> AlignedSource:
     """Map a source's embedding table onto the base tokenizer's vocabulary.
 
@@ -269,7 +293,8 @@ def align_source(
         )
         outcomes[dec_rows] = _CODE["decomposed"]
 
-    table = _build_table(source.weight, num_rows, source_index, dec_rows, dec_flat, dec_lengths, combine)
+    bags = _bags(num_rows, source_index, dec_rows, dec_flat, dec_lengths, combine)
+    table = bags.rows_between(0, num_rows, source.weight) if build_table else None
     covered = np.isin(outcomes, [_CODE[n] for n in COVERED_OUTCOMES])
     report = _report(source, base, src, outcomes, tokenizer_size, decompose, combine)
     logger.info(
@@ -291,4 +316,5 @@ def align_source(
         report=report,
         outcomes=torch.from_numpy(outcomes),
         source_index=torch.from_numpy(source_index),
+        bags=bags,
     )

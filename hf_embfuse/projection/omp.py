@@ -1,206 +1,228 @@
-"""Sparse coding over the anchors, in the spirit of orthogonal matching pursuit (tokensurgeon's OMP).
+"""OMP: each donor row as a sparse combination of anchor rows (orthogonal matching pursuit, as tokensurgeon's).
 
-Each donor row `x` is written as `x ≈ Σ_j c_j a_j` over a few donor anchor rows `a_j`, chosen greedily
-(the atom most correlated with what is left, then a least-squares refit of all chosen ones), and
-becomes `Σ_j c_j b_j` over the same anchors' base rows. Unlike transport's convex average the
-coefficients are free, so a row can be a difference of directions ("king - man + woman").
+A donor row `x` is written as `x ≈ Σ_j c_j a_j` over a few donor anchor rows `a_j` and becomes `Σ_j c_j b_j`
+over the same anchors' base rows. Unlike transport's convex average the coefficients are free, so a row can
+be a difference of directions ("king - man + woman").
 
-Searching the whole anchor set at every greedy step costs `k` full nearest-neighbour searches; here
-the atoms are chosen among each row's `candidates` nearest anchors (one search), and the greedy steps
-run on their small Gram matrix. `candidates="all"` picks among every anchor at every step, as OMP does,
-for problems small enough to search exactly. The two suit different ends: measured on Gemma-3 ->
-SmolLM2 (train lines, own bits/byte), whole-set rows alone in the rebuilt LM head (`output_pieces: none`) gave 1.090x
-against 1.102x (tokensurgeon's own model: 1.097x), but as input rows too 1.109x. So `fuse` codes the head's rows over
-the whole set where it can, the input rows over the nearest candidates. The result is a `TransportPlan`,
-applied like transport's.
+One algorithm, one rule:
+- **Atom choice**: at each step the atom whose unit vector is most correlated with the residual,
+  `|<r, a>| / ||a||` (standard OMP over an unnormalised dictionary), then a least-squares refit of every
+  chosen atom.
+- **Regularisation**: the refit adds `ridge` times the mean squared norm of the chosen atoms to the Gram
+  diagonal, so near-duplicate atoms stay solvable.
+- **Bound**: a row whose coefficients' absolute sum exceeds `max_l1` is scaled down to it (`None`: free).
+  Nearly collinear atoms can take large opposite coefficients that cancel in the donor space but not in
+  the base space.
+
+Where the atoms come from is the one thing that varies: each row's `candidates` nearest anchors (one
+nearest-neighbour search, then greedy steps on a small Gram matrix), or every anchor (`candidates=None`),
+affordable up to `EXACT_UP_TO` rows x anchors. The result is a `RowPlan`, applied like transport's.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
-from ..projection._checks import as_mask, check_finite
-from ..projection.transport import _EXACT_UP_TO, TransportPlan, TransportStats, anchor_neighbours
+from ._checks import as_mask, check_finite
+from .plan import EXACT_UP_TO, PlanStats, RowPlan
+from .transport import anchor_neighbours
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 2048
 
 
-def sparse_coding_plan(
+@dataclass(frozen=True)
+class OmpSettings:
+    """How rows are coded: where atoms come from, the refit's ridge, and the coefficients' bound.
+
+    Attributes:
+        candidates: atoms are chosen among each row's this many nearest anchors; `None`: among every anchor.
+        ridge: relative ridge of the refit.
+        max_l1: bound on a row's absolute coefficient sum; `None` leaves them free.
+    """
+
+    candidates: int | None = 32
+    ridge: float = 1e-2
+    max_l1: float | None = 2.0
+
+
+# Input rows: nearest candidates, bounded. Head rows: every anchor, free coefficients where affordable.
+# Why the two differ: docs/vocabulary-transfer.md ("OMP").
+INPUT_ROWS = OmpSettings()
+HEAD_ROWS = OmpSettings(candidates=None, ridge=1e-6, max_l1=None)
+
+
+def omp_plan(
     source_table: torch.Tensor,
     coverage: torch.Tensor,
     anchors: torch.Tensor,
     *,
-    k: int = 8,
-    candidates: int | str | None = None,
-    ridge: float = 1e-2,
-    max_l1: float = 2.0,
+    atoms: int = 8,
+    settings: OmpSettings = INPUT_ROWS,
     search: str = "auto",
-) -> TransportPlan:
-    """Code every covered row over at most `k` anchors chosen among its `candidates` nearest ones.
+) -> RowPlan:
+    """Code every covered row over at most `atoms` anchors.
 
     Args:
         source_table: `(V, d)` donor rows on the target vocabulary.
-        coverage: rows the donor covers.
-        anchors: rows whose base vectors may be borrowed (covered by both sides).
-        k: atoms per row.
-        candidates: anchors each row's atoms are chosen from; `4 k` (at least 32) by default; `"all"`: every
-            anchor at every step, for at most 2^31 rows x anchors (`codes_over_all_anchors` says).
-        ridge: added to the Gram diagonal, relative to its mean, so near-duplicate atoms stay solvable.
-        max_l1: coefficients whose absolute sum exceeds this are scaled down to it. Nearly collinear atoms
-            can take large opposite coefficients that cancel in the donor space but not in the base space;
-            one such row in an LM head takes every prediction (measured: 8.4x the own bits per byte at
-            ridge 1e-4 without this bound).
-        search: the nearest-neighbour search (see `transport_plan`).
+        coverage: rows the donor covers (mask or ids).
+        anchors: rows whose base vectors may be borrowed (mask or ids).
+        atoms: atoms per row.
+        settings: candidates, ridge and bound (see `OmpSettings`); `candidates=None` needs
+            `codes_over_every_anchor(coverage, anchors)`.
+        search: the nearest-neighbour search for candidates (see `transport_plan`).
     """
-    if k < 1:
-        raise ValueError(f"`k` must be at least 1, got {k}.")
-    if candidates == "all":
-        if not codes_over_all_anchors(source_table.shape[0], coverage, anchors):
-            raise ValueError(
-                "candidates='all' codes every row over every anchor, for at most 2^31 rows x anchors; leave "
-                "`candidates` unset to pick atoms among each row's nearest anchors."
-            )
-        rows = as_mask("coverage", source_table.shape[0], coverage)
-        return _whole_set_plan(source_table, rows, as_mask("anchors", source_table.shape[0], anchors), k)
-    pool = candidates or max(32, 4 * k)
-    near = anchor_neighbours(source_table, coverage, anchors, k=pool, search=search)
-    k = min(k, near.ids.shape[1])
+    if atoms < 1:
+        raise ValueError(f"`atoms` must be at least 1, got {atoms}.")
+    num_rows = source_table.shape[0]
+    rows = as_mask("coverage", num_rows, coverage)
+    anchor_mask = as_mask("anchors", num_rows, anchors)
     table = source_table.detach().float()
-    coefficients = torch.empty(near.rows.numel(), k)
-    atoms = torch.empty(near.rows.numel(), k, dtype=torch.long)
-    residual_share = 0.0
-    for start in range(0, near.rows.numel(), _BATCH):
-        part = slice(start, start + _BATCH)
-        x = table[near.rows[part]]
-        dictionary = table[near.ids[part]]  # (B, m, d)
-        chosen, coefs, left = _omp(x, dictionary, k, ridge)
-        l1 = coefs.abs().sum(1, keepdim=True)
-        coefs = coefs * (max_l1 / l1).clamp(max=1.0)
-        atoms[part] = near.ids[part].gather(1, chosen)
-        coefficients[part] = coefs
-        residual_share += float(left.sum())
-    stats = TransportStats(
-        n_rows=near.rows.numel(),
-        n_anchors=near.n_anchors,
-        k=k,
-        mean_top1_cosine=float(near.cosines[:, 0].mean()),
+    candidates = settings.candidates
+    if candidates is None and not codes_over_every_anchor(rows, anchor_mask):
+        raise ValueError(
+            f"OMP over every anchor is for at most {EXACT_UP_TO:,} rows x anchors; got {int(rows.sum()):,} x "
+            f"{int(anchor_mask.sum()):,}. Give `candidates` to pick atoms among each row's nearest anchors."
+        )
+    if candidates is None:
+        row_ids, anchor_ids = rows.nonzero().squeeze(1), anchor_mask.nonzero().squeeze(1)
+        if anchor_ids.numel() < 1:
+            raise ValueError("OMP needs at least 1 anchor, got 0.")
+        check_finite("source_table", table[anchor_ids], anchor_ids)
+        pool = _SharedPool(table[anchor_ids], anchor_ids)
+        n_anchors, search_used, recall = anchor_ids.numel(), "exact", None
+    else:
+        near = anchor_neighbours(source_table, rows, anchor_mask, k=max(candidates, atoms), search=search)
+        row_ids = near.rows
+        pool = _NearestPool(table, near.ids)
+        n_anchors, search_used, recall = near.n_anchors, near.search, near.recall
+    check_finite("source_table", table[row_ids], row_ids)
+    atoms = min(atoms, pool.size)
+    chosen = torch.empty(row_ids.numel(), atoms, dtype=torch.long)
+    coefficients = torch.empty(row_ids.numel(), atoms)
+    residual = torch.empty(row_ids.numel())
+    top1 = torch.empty(row_ids.numel())
+    batch = max(1, min(_BATCH, 2**25 // max(pool.size, 1)))  # (batch x atoms in the pool) scores: ~128 MiB
+    for start in range(0, row_ids.numel(), batch):
+        part = slice(start, start + batch)
+        x = table[row_ids[part]]
+        picked, coefs, top1[part] = _omp(x, pool, part, atoms, settings.ridge)
+        if settings.max_l1 is not None:
+            coefs = coefs * (settings.max_l1 / coefs.abs().sum(1, keepdim=True).clamp_min(1e-30)).clamp(
+                max=1.0
+            )
+        # The residual of the coefficients the plan keeps, after the bound.
+        rebuilt = torch.einsum("bk,bkd->bd", coefs, pool.gather(part, picked))
+        residual[part] = (x - rebuilt).norm(dim=1) / x.norm(dim=1).clamp_min(1e-30)
+        chosen[part], coefficients[part] = pool.ids(part, picked), coefs
+    stats = PlanStats(
+        n_rows=row_ids.numel(),
+        n_anchors=n_anchors,
+        k=atoms,
+        mean_top1_cosine=float(top1.mean()) if top1.numel() else 0.0,
         mean_effective_neighbours=_effective_atoms(coefficients),
-        search=near.search,
-        recall=near.recall,
+        search=search_used,
+        recall=recall,
     )
     logger.info(
-        "Sparse-coded %d rows over %d anchors (%d atoms of %d candidates): mean residual %.3f of the norm.",
+        "OMP coded %d rows over %d anchors (%d atoms, %s): mean residual %.3f of the norm.",
         stats.n_rows,
-        stats.n_anchors,
-        k,
-        near.ids.shape[1],
-        residual_share / max(stats.n_rows, 1),
+        n_anchors,
+        atoms,
+        "every anchor" if candidates is None else f"{candidates} nearest candidates",
+        float(residual.mean()) if residual.numel() else 0.0,
     )
-    return TransportPlan(source_table.shape[0], near.rows, atoms, coefficients, stats)
+    return RowPlan(num_rows, row_ids, chosen, coefficients, stats)
 
 
-def codes_over_all_anchors(num_rows: int, coverage: torch.Tensor, anchors: torch.Tensor) -> bool:
-    """Whether `candidates="all"` is affordable: the rows x anchors an exact search would take, at most 2^31."""
-    rows, atoms = as_mask("coverage", num_rows, coverage), as_mask("anchors", num_rows, anchors)
-    return int(rows.sum()) * int(atoms.sum()) <= _EXACT_UP_TO
+def codes_over_every_anchor(coverage: torch.Tensor, anchors: torch.Tensor) -> bool:
+    """Whether every anchor can be a candidate of every row: at most `EXACT_UP_TO` rows x anchors (boolean masks)."""
+    return int(coverage.sum()) * int(anchors.sum()) <= EXACT_UP_TO
+
+
+class _SharedPool:
+    """Every anchor is a candidate of every row: scores are one matrix product."""
+
+    def __init__(self, atoms: torch.Tensor, anchor_ids: torch.Tensor) -> None:
+        self._atoms, self._anchor_ids = atoms, anchor_ids
+        self._norms = atoms.norm(dim=1).clamp_min(1e-30)
+        self.size = anchor_ids.numel()
+
+    def correlate(self, part: slice, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors @ self._atoms.T
+
+    def norms(self, part: slice) -> torch.Tensor:
+        return self._norms
+
+    def gather(self, part: slice, picked: torch.Tensor) -> torch.Tensor:
+        return self._atoms[picked]
+
+    def ids(self, part: slice, picked: torch.Tensor) -> torch.Tensor:
+        return self._anchor_ids[picked]
+
+
+class _NearestPool:
+    """Each row's own nearest anchors are its candidates."""
+
+    def __init__(self, table: torch.Tensor, neighbour_ids: torch.Tensor) -> None:
+        self._table, self._neighbour_ids = table, neighbour_ids
+        self.size = neighbour_ids.shape[1]
+        self._part: slice | None = None
+        self._atoms = torch.empty(0)
+
+    def _batch(self, part: slice) -> torch.Tensor:
+        if part != self._part:  # gathered once per batch of rows, reused by every greedy step
+            self._part, self._atoms = part, self._table[self._neighbour_ids[part]]
+        return self._atoms
+
+    def correlate(self, part: slice, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bmd,bd->bm", self._batch(part), vectors)
+
+    def norms(self, part: slice) -> torch.Tensor:
+        return self._batch(part).norm(dim=2).clamp_min(1e-30)
+
+    def gather(self, part: slice, picked: torch.Tensor) -> torch.Tensor:
+        atoms = self._batch(part)
+        return atoms.gather(1, picked.unsqueeze(2).expand(-1, -1, atoms.shape[2]))
+
+    def ids(self, part: slice, picked: torch.Tensor) -> torch.Tensor:
+        return self._neighbour_ids[part].gather(1, picked)
+
+
+def _omp(
+    x: torch.Tensor, pool: _SharedPool | _NearestPool, part: slice, k: int, ridge: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched OMP of rows `x (B, d)` over their pool of atoms.
+
+    Returns the chosen atom positions in the pool `(B, k)`, their coefficients `(B, k)`, and each row's best
+    cosine to an atom.
+    """
+    batch = x.shape[0]
+    norms = pool.norms(part)
+    top1 = (pool.correlate(part, x) / norms).max(1).values / x.norm(dim=1).clamp_min(1e-30)
+    chosen = torch.zeros(batch, k, dtype=torch.long)
+    residual = x
+    coefs = torch.zeros(batch, 0)
+    for step in range(k):
+        score = pool.correlate(part, residual).abs() / norms
+        if step:
+            score.scatter_(1, chosen[:, :step], -1.0)
+        chosen[:, step] = score.argmax(dim=1)
+        selected = pool.gather(part, chosen[:, : step + 1])  # (B, s, d)
+        gram = selected @ selected.transpose(1, 2)
+        scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30).view(-1, 1, 1)
+        gram = gram + ridge * scale * torch.eye(step + 1)
+        coefs = torch.linalg.solve(gram, torch.einsum("bsd,bd->bs", selected, x))
+        residual = x - torch.einsum("bs,bsd->bd", coefs, selected)
+    return chosen, coefs, top1
 
 
 def _effective_atoms(coefficients: torch.Tensor) -> float:
     """Mean participation ratio `(Σ|c|)² / Σc²` of the rows' coefficients: how many atoms a row really uses."""
+    if not coefficients.numel():
+        return 0.0
     return float(((coefficients.abs().sum(1) ** 2) / (coefficients**2).sum(1).clamp_min(1e-30)).mean())
-
-
-def _whole_set_plan(
-    source_table: torch.Tensor, rows: torch.Tensor, anchors: torch.Tensor, k: int
-) -> TransportPlan:
-    """OMP with every anchor a candidate atom at every step (small problems; see the module docstring).
-
-    The coefficients stay free: atoms picked by the residual among all anchors are not the near-duplicates
-    that take large cancelling coefficients among a row's nearest ones (measured: bounding them to an
-    absolute sum of 2 gave 1.104x instead of 1.090x).
-    """
-    table = source_table.detach().float()
-    row_ids, anchor_ids = rows.nonzero().squeeze(1), anchors.nonzero().squeeze(1)
-    k = min(k, anchor_ids.numel())
-    if k < 1:
-        raise ValueError("Sparse coding needs at least 1 anchor, got 0.")
-    atoms_table = table[anchor_ids]
-    check_finite("source_table", atoms_table, anchor_ids)
-    check_finite("source_table", table[row_ids], row_ids)
-    chosen = torch.empty(row_ids.numel(), k, dtype=torch.long)
-    coefficients = torch.empty(row_ids.numel(), k)
-    top1 = torch.empty(row_ids.numel())
-    unit_atoms = torch.nn.functional.normalize(atoms_table, dim=1)
-    batch = max(1, min(_BATCH, 2**25 // max(anchor_ids.numel(), 1)))  # (batch x anchors) scores: ~128 MiB
-    for start in range(0, row_ids.numel(), batch):
-        x = table[row_ids[start : start + batch]]
-        top1[start : start + batch] = (torch.nn.functional.normalize(x, dim=1) @ unit_atoms.T).max(1).values
-        residual, picked = x.clone(), torch.empty(x.shape[0], k, dtype=torch.long)
-        for step in range(k):
-            score = (residual @ atoms_table.T).abs()
-            if step:
-                score.scatter_(1, picked[:, :step], -1.0)
-            picked[:, step] = score.argmax(dim=1)
-            dictionary = atoms_table[picked[:, : step + 1]]  # (B, s, d)
-            gram = dictionary @ dictionary.transpose(1, 2)
-            gram = gram + 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(1).view(-1, 1, 1) * torch.eye(step + 1)
-            coefs = torch.linalg.solve(gram, torch.einsum("bsd,bd->bs", dictionary, x))
-            residual = x - torch.einsum("bs,bsd->bd", coefs, dictionary)
-        coefficients[start : start + batch] = coefs
-        chosen[start : start + batch] = anchor_ids[picked]
-    stats = TransportStats(
-        n_rows=row_ids.numel(),
-        n_anchors=anchor_ids.numel(),
-        k=k,
-        mean_top1_cosine=float(top1.mean()) if top1.numel() else 0.0,
-        mean_effective_neighbours=_effective_atoms(coefficients),
-        search="exact",
-    )
-    logger.info("Sparse-coded %d rows over all %d anchors (%d atoms each).", stats.n_rows, stats.n_anchors, k)
-    return TransportPlan(source_table.shape[0], row_ids, chosen, coefficients, stats)
-
-
-def _omp(
-    x: torch.Tensor, dictionary: torch.Tensor, k: int, ridge: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched OMP in Gram form: chosen atom positions `(B, k)`, coefficients `(B, k)`, relative residuals `(B,)`."""
-    gram = dictionary @ dictionary.transpose(1, 2)  # (B, m, m)
-    correlation = torch.einsum("bmd,bd->bm", dictionary, x)  # (B, m)
-    batch, m = correlation.shape
-    scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-    norms = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-30).sqrt()
-    chosen = torch.zeros(batch, k, dtype=torch.long)
-    taken = torch.zeros(batch, m, dtype=torch.bool)
-    rows = torch.arange(batch)
-    coefs = torch.zeros(batch, 0)
-    for step in range(k):
-        # What the chosen atoms do not explain yet, seen through each atom: D r = D x - G[:, :, S] c.
-        left = correlation - torch.einsum("bms,bs->bm", gram.gather(2, _expand(chosen[:, :step], m)), coefs)
-        score = (left.abs() / norms).masked_fill(taken, -1.0)
-        pick = score.argmax(dim=1)
-        chosen[:, step] = pick
-        taken[rows, pick] = True
-        selected = chosen[:, : step + 1]
-        sub = gram.gather(1, _expand(selected, m, dim=1)).gather(2, _expand(selected, step + 1))
-        sub = sub + ridge * scale.view(-1, 1, 1) * torch.eye(step + 1)
-        coefs = torch.linalg.solve(sub, correlation.gather(1, selected))
-    reconstruction = torch.einsum(
-        "bk,bkd->bd", coefs, dictionary.gather(1, _expand3(chosen, dictionary.shape[2]))
-    )
-    residual = (x - reconstruction).norm(dim=1) / x.norm(dim=1).clamp_min(1e-30)
-    return chosen, coefs, residual
-
-
-def _expand(index: torch.Tensor, size: int, dim: int = 2) -> torch.Tensor:
-    """`(B, s)` positions as a gather index over a `(B, m, m)` Gram matrix along `dim`."""
-    if dim == 2:
-        return index.unsqueeze(1).expand(-1, size, -1)
-    return index.unsqueeze(2).expand(-1, -1, size)
-
-
-def _expand3(index: torch.Tensor, width: int) -> torch.Tensor:
-    return index.unsqueeze(2).expand(-1, -1, width)

@@ -22,74 +22,19 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import as_mask, check_finite, check_table
+from .plan import EXACT_UP_TO, PlanStats, RowPlan
 
 logger = logging.getLogger(__name__)
 
 # Bound the (batch × anchors) similarity block to about 128 MiB of float32.
 _MAX_BLOCK_ELEMENTS = 2**25
 SEARCHES = ("auto", "exact", "clustered", "faiss")
-# "auto" searches exactly below this many (rows × anchors), by clusters above it.
-_EXACT_UP_TO = 2**31
 _RECALL_SAMPLE = 1000
 
 
-@dataclass
-class TransportStats:
-    """What a transport did, in a few numbers.
-
-    Attributes:
-        n_rows: covered rows transported.
-        n_anchors: anchor rows neighbours were drawn from.
-        k: neighbours used per row (the requested `k`, capped by the anchors available).
-        mean_top1_cosine: mean source-space cosine between a row and its nearest anchor.
-        mean_effective_neighbours: mean of `1 / Σ w²` over rows: 1 when one neighbour takes all the
-            weight, `k` when the weights are uniform.
-        search: `"exact"` or `"faiss"`.
-        recall: for an approximate search, the share of the exact `k` nearest anchors it found, on a
-            sample of rows; `None` for an exact one.
-    """
-
-    n_rows: int
-    n_anchors: int
-    k: int
-    mean_top1_cosine: float
-    mean_effective_neighbours: float
-    search: str = "exact"
-    recall: float | None = None
-
-
-@dataclass
-class TransportPlan:
-    """Each covered row as a weighted combination of anchor rows: apply it to any anchor-indexed table.
-
-    Attributes:
-        num_rows: rows of the tables it applies to.
-        rows: `(n,)` the rows it fills.
-        neighbours: `(n, k)` vocabulary row ids of the anchors each row combines.
-        weights: `(n, k)` their weights (softmax weights for transport, sparse-coding coefficients).
-        stats: how it was made.
-    """
-
-    num_rows: int
-    rows: torch.Tensor
-    neighbours: torch.Tensor
-    weights: torch.Tensor
-    stats: TransportStats
-
-    def apply(self, base_table: torch.Tensor, *, chunk: int = 65536) -> torch.Tensor:
-        """`(num_rows, d)` float32: the plan's rows as combinations of `base_table`'s anchor rows, zero elsewhere."""
-        check_table("base_table", base_table, rows=self.num_rows)
-        used, local = torch.unique(self.neighbours, return_inverse=True)
-        anchors = base_table.detach()[used].float()
-        check_finite("base_table", anchors, used)
-        out = torch.zeros(self.num_rows, base_table.shape[1], dtype=torch.float32, device=base_table.device)
-        for start in range(0, self.rows.numel(), chunk):
-            part = slice(start, start + chunk)
-            # embedding_bag sums the weighted neighbour rows without materialising (n × k × d).
-            out[self.rows[part]] = torch.nn.functional.embedding_bag(
-                local[part], anchors, per_sample_weights=self.weights[part].float(), mode="sum"
-            )
-        return out
+# The plan and its statistics live in `plan.py`; these are their names from transport's point of view.
+TransportStats = PlanStats
+TransportPlan = RowPlan
 
 
 def transport_table(
@@ -290,7 +235,8 @@ def anchor_neighbours(
         cosines, positions = search_fn(unit, anchor_unit, wanted)
         sample = torch.randperm(row_ids.numel(), generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLE]
         _, exact = _exact_search(unit[sample], anchor_unit, wanted, batch_size)
-        found = (positions[sample].unsqueeze(2) == exact.unsqueeze(1)).any(dim=2)
+        # The share of each row's distinct exact neighbours the search found (a repeated hit counts once).
+        found = (exact.unsqueeze(2) == positions[sample].unsqueeze(1)).any(dim=2)
         recall = float(found.float().mean())
     else:
         cosines, positions = _exact_search(unit, anchor_unit, wanted, batch_size)
@@ -309,7 +255,7 @@ def _choose_search(search: str, n_rows: int, n_anchors: int) -> str:
         raise ImportError("search='faiss' needs faiss-cpu: pip install 'hf-embfuse[ann]'.")
     if search != "auto":
         return search
-    return "clustered" if n_rows * n_anchors > _EXACT_UP_TO and n_anchors > 4096 else "exact"
+    return "clustered" if n_rows * n_anchors > EXACT_UP_TO and n_anchors > 4096 else "exact"
 
 
 def _exact_search(

@@ -52,6 +52,8 @@ class SourceTable:
         self._check_finite()
 
     def _check_finite(self) -> None:
+        if self.weight.is_meta:
+            return  # a shape only (the build plans a base table's rows before reading it)
         # A row's sum is NaN or infinite whenever one of its values is (or when finite values overflow),
         # so one cheap reduction finds the candidate rows; only those are checked value by value.
         candidates = (~torch.isfinite(self.weight.sum(dim=1))).nonzero().flatten()

@@ -1,154 +1,65 @@
-"""Give the base model the target vocabulary: new input rows, a new (tied or rebuilt) head, new token ids.
+"""Install the target vocabulary's tables into a base model (in memory, or a meta-device skeleton).
 
-The input table becomes source 0 on the target rows. Rows the base lacks are masked in the mixture
-(`coverage[:, 0]` False) but still hold the donors' build-time mixture, so a head tied to this table
-predicts them sensibly; rows nobody has get the base's mean row (what `mean_resizing` gives every
-new row) and count as the base's. An untied head is rebuilt in the same way from the base's output
-table (its own piece rule) and the donors' rows carried into the base's output space.
+The input table, the head (tied to it or its own) and an output bias are replaced by tables of the target's
+size, and the configs that name the vocabulary (size, tying, pad/bos/eos ids, modules' cached `vocab_size`)
+follow, so the model reads and predicts the target's ids.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..alignment import AlignedSource
-
-logger = logging.getLogger(__name__)
-
 # Token-id attributes of a config / generation config that must name target ids.
 _ID_ROLES = {"pad_token_id": "pad_token", "bos_token_id": "bos_token", "eos_token_id": "eos_token"}
 
 
-@dataclass
-class Donor:
-    """One donor's rows in the base space on the target vocabulary, for the fill and the head.
-
-    Attributes:
-        rows: `(V_t, d_base)` its input rows in the base space (projection applied).
-        coverage: `(V_t,)` the rows it has.
-        weight: its initial mixing weight.
-        output_rows: `(V_t, d_base)` its rows carried into the base's output space, or `None`.
-    """
-
-    rows: torch.Tensor
-    coverage: torch.Tensor
-    weight: float
-    output_rows: torch.Tensor | None = None
-
-
-def mix_rows(
-    base_rows: torch.Tensor,
-    base_coverage: torch.Tensor,
-    base_weight: float,
-    donors: list[Donor],
-    output: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The build-time mixture per row (initial weights renormalised over who covers it) and who covers it.
-
-    The weights are normalised before the sum, so a row only one source covers is that source's row exactly.
-    """
-    parts = [(base_rows, base_weight * base_coverage.float())]
-    for donor in donors:
-        rows = donor.output_rows if output else donor.rows
-        if rows is not None:
-            parts.append((rows, donor.weight * donor.coverage.float()))
-    weights = sum(w for _, w in parts)
-    covered = weights > 0
-    total = torch.zeros_like(base_rows, dtype=torch.float32)
-    for rows, w in parts:
-        total += rows.float() * (w / weights.clamp_min(1e-30)).unsqueeze(1)
-    return total, covered
-
-
 @torch.no_grad()
-def install_target_vocabulary(
-    base_model: Any,
-    target_tokenizer: Any,
-    aligned: AlignedSource,
-    base_weight: float,
-    donors: list[Donor],
+def install_tables(
+    model: Any,
+    tokenizer: Any,
+    input_table: torch.Tensor,
     *,
-    untie: bool,
-    output_aligned: AlignedSource | None = None,
-    bias_aligned: AlignedSource | None = None,
-) -> dict[str, Any]:
-    """Put the target-vocabulary tables into `base_model` in place; return the source-0 coverage and counts.
+    head_mode: str | None,
+    head_table: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> None:
+    """Put the target's tables into `model` in place.
 
     Args:
-        base_model: the base model (input table, LM head and config are replaced).
-        target_tokenizer: its ids become the config's pad/bos/eos ids.
-        aligned: the base input table on the target rows.
-        base_weight: source 0's initial mixing weight.
-        donors: the other sources' rows in the base space.
-        untie: give a tied head its own table (rebuilt like an untied one).
-        output_aligned: the base output table on the target rows (an untied head, or `untie`).
-        bias_aligned: the output bias as a one-column table on the target rows (MLM decoders).
-
-    Returns:
-        `{"coverage": (V_t,) bool, "filled_from_donors": n, "mean_initialised": n, "head": "tied" | "untied" | None}`.
+        model: the base model (real or on the meta device).
+        tokenizer: the target tokenizer: its ids become the configs' pad/bos/eos ids.
+        input_table: `(V_t, d)` the new input table.
+        head_mode: `"tied"` (the head shares the new input table), `"untied"` (`head_table` is its own),
+            `None` (no LM head).
+        head_table: `(V_t, d)` the rebuilt head, for `"untied"`.
+        bias: `(V_t,)` the head's new bias, when it has one.
     """
-    embedding = base_model.get_input_embeddings()
-    old_weight = embedding.weight
-    head = base_model.get_output_embeddings()
-    was_tied = head is not None and head.weight is old_weight
-    base_mean = old_weight.detach().float().mean(0)
-    num_rows = aligned.table.shape[0]
-
-    coverage = aligned.coverage.clone()
-    mixture, donor_covered = mix_rows(
-        torch.zeros_like(aligned.table), torch.zeros_like(coverage), 0.0, donors, False
-    )
-    table = aligned.table.clone()
-    fill = ~coverage & donor_covered
-    table[fill] = mixture[fill]
-    nobody = ~coverage & ~donor_covered
-    table[nobody] = base_mean
-    coverage |= nobody  # the base's mean row is the only vector these tokens have
-    new_weight = nn.Parameter(table.to(old_weight.dtype), requires_grad=old_weight.requires_grad)
-    _replace_parameter(base_model, old_weight, new_weight)
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    old_input = embedding.weight
+    was_tied = head is not None and head.weight is old_input
+    num_rows = int(input_table.shape[0])
+    new_input = nn.Parameter(input_table, requires_grad=old_input.requires_grad)
+    _replace_parameter(model, old_input, new_input)
     embedding.num_embeddings = num_rows
     if getattr(embedding, "padding_idx", None) is not None:
-        embedding.padding_idx = getattr(target_tokenizer, "pad_token_id", None)
-
-    head_mode = None
+        embedding.padding_idx = getattr(tokenizer, "pad_token_id", None)
     if head is not None:
-        if was_tied and not untie:
-            head_mode = "tied"
-        else:
-            head_mode = "untied"
-            source = output_aligned if output_aligned is not None else aligned
-            rows, covered = mix_rows(source.table, source.coverage, base_weight, donors, True)
-            old_head = head.weight.detach().float() if not was_tied else old_weight.detach().float()
-            rows[~covered] = old_head.mean(0)
-            new_head = nn.Parameter(rows.to(old_weight.dtype), requires_grad=head.weight.requires_grad)
+        if head_mode == "untied":
+            new_head = nn.Parameter(head_table, requires_grad=head.weight.requires_grad)
             if was_tied:
                 head.weight = new_head
             else:
-                _replace_parameter(base_model, head.weight, new_head)
+                _replace_parameter(model, head.weight, new_head)
         if hasattr(head, "out_features"):
             head.out_features = num_rows
-        bias = getattr(head, "bias", None)
-        if bias is not None:
-            new_bias = bias_aligned.table[:, 0].clone() if bias_aligned is not None else torch.zeros(num_rows)
-            if bias_aligned is not None:
-                new_bias[~bias_aligned.coverage] = bias.detach().float().mean()
-            _replace_parameter(
-                base_model, bias, nn.Parameter(new_bias.to(bias.dtype), requires_grad=bias.requires_grad)
-            )
-    _set_vocabulary_config(
-        base_model, target_tokenizer, num_rows, tied=None if head is None else head_mode == "tied"
-    )
-    return {
-        "coverage": coverage,
-        "filled_from_donors": int(fill.sum()),
-        "mean_initialised": int(nobody.sum()),
-        "head": head_mode,
-    }
+        old_bias = getattr(head, "bias", None)
+        if old_bias is not None and bias is not None:
+            _replace_parameter(model, old_bias, nn.Parameter(bias, requires_grad=old_bias.requires_grad))
+    set_vocabulary_config(model, tokenizer, num_rows, tied=None if head is None else head_mode == "tied")
 
 
 def _replace_parameter(model: nn.Module, old: nn.Parameter, new: nn.Parameter) -> None:
@@ -159,7 +70,8 @@ def _replace_parameter(model: nn.Module, old: nn.Parameter, new: nn.Parameter) -
                 module._parameters[name] = new
 
 
-def _set_vocabulary_config(model: Any, tokenizer: Any, num_rows: int, *, tied: bool | None) -> None:
+def set_vocabulary_config(model: Any, tokenizer: Any, num_rows: int, *, tied: bool | None) -> None:
+    """Make the model's configs (and modules that cached them) name the target vocabulary."""
     configs = [model.config, model.config.get_text_config()]
     for config in configs:
         config.vocab_size = num_rows

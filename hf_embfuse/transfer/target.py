@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from ..model_names import local_name
 from ..sources._checkpoint import looks_like_repo_id
 from .added_tokens import AddedTokensReport, add_tokens, read_added_tokens
 from .errors import TargetError
+from .special_tokens import SpecialTokens, map_special_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,34 @@ class Target:
         tokenizer: the target tokenizer (a copy: adding tokens never changes the caller's).
         name: what it was given as (a path, a Hub id, `source:N`, `base`, or the tokenizer's class).
         added: what adding tokens did, when tokens were added.
+        special_tokens: which target tokens play the body's start, end, pad and chat roles (a transplant).
     """
 
     tokenizer: Any
     name: str
     added: AddedTokensReport | None = None
+    special_tokens: SpecialTokens | None = None
+    _saved: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def saved_tokenizer(self) -> Any:
+        """The tokenizer to save and to take the config's bos/eos/pad ids from, once the rows are laid.
+
+        `tokenizer` already adds the body's start token where the body's did; this one also names the
+        chosen tokens in their roles, which the alignment must not see (it matches special tokens by role).
+        """
+        if self.special_tokens is None:
+            return self.tokenizer
+        if self._saved is None:
+            self._saved = self.special_tokens.with_roles(self.tokenizer)
+        return self._saved
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tokenizer": self.name,
             "size": len(self.tokenizer),
             "added_tokens": None if self.added is None else self.added.to_dict(),
+            "special_tokens": None if self.special_tokens is None else self.special_tokens.to_dict(),
         }
 
 
@@ -116,14 +134,18 @@ def resolve_target(
             local_name(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
             tokenizer,
         )
+    special = None
+    if tokenizer is not None:
+        # A copy whenever something changes: the caller's (or a source's) tokenizer is never touched.
+        special, loaded = map_special_tokens(loaded, base_tokenizer)
     entries = read_added_tokens(list(added_tokens))
     if added_tokens_file is not None:
         entries += read_added_tokens(added_tokens_file)
     if not entries:
-        return Target(loaded, name)
+        return Target(loaded, name, special_tokens=special)
     target = copy.deepcopy(loaded)  # never add to the caller's (or the base's) tokenizer
     report = add_tokens(target, entries)
     logger.info(
         "Target %s: %d tokens added, %d already there.", name, len(report.added), len(report.existing)
     )
-    return Target(target, name if tokenizer is not None else "base + added tokens", report)
+    return Target(target, name if tokenizer is not None else "base + added tokens", report, special)

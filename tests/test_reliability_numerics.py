@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.func import functional_call
+from transformers import BertModel
 
 import hf_embfuse
 from hf_embfuse import SourceSpec
-from tests.fixtures_models import HIDDEN, VOCAB, tiny_base, tiny_fused
+from tests.fixtures_models import HIDDEN, VOCAB, tiny_base, tiny_config, tiny_fused
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,11 +107,14 @@ def test_gradcheck_of_the_mixture_in_float64(mixing, regularizer):
     """Analytic gradients of the fused vectors (and the regulariser) w.r.t. every mixing input match finite
     differences, with the module in float64: base table, source tables, projections, logits, gate."""
     torch.manual_seed(0)
-    rows = 12  # a small vocabulary keeps the finite-difference Jacobian small
-    base = tiny_base("bert", vocab_size=rows)
+    # A small vocabulary and width keep the finite-difference Jacobian small (inputs x outputs).
+    rows, width = 12, 8
+    config = tiny_config("bert", vocab_size=rows)
+    config.hidden_size, config.intermediate_size = width, 2 * width
+    base = BertModel(config).eval()
     sources = [
         SourceSpec(table=torch.randn(rows, 2), coverage=torch.rand(rows) > 0.3),
-        SourceSpec(table=torch.randn(rows, HIDDEN), projection="identity", coverage=torch.rand(rows) > 0.3),
+        SourceSpec(table=torch.randn(rows, width), projection="identity", coverage=torch.rand(rows) > 0.3),
     ]
     model = hf_embfuse.from_base(base, sources, mixing=mixing, regularizer=regularizer)
     embedding = model.get_input_embeddings().double()

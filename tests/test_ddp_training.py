@@ -1,11 +1,15 @@
-"""Two processes on CPU (gloo) under `accelerate launch`: the mixture trains identically on every rank,
-and ranks that built different models stop with a clear error."""
+"""Two processes on CPU (gloo) under `accelerate launch`: the mixture trains identically on every rank.
+Ranks that built different models stop with a clear error: checked in-process, two ranks on two threads."""
 
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -58,6 +62,74 @@ def test_two_ranks_train_the_same_mixture(tmp_path):
     assert (tmp_path / "trainer" / "mixing_weights.json").is_file()
 
 
+class TwoRankWorld:
+    """`torch.distributed` for two ranks run as two threads of this process: `all_gather_object` is a real
+    exchange (each rank sends its own object and receives the other's), with no process group to start."""
+
+    def __init__(self) -> None:
+        self._slots: list[Any] = [None, None]
+        self._barrier = threading.Barrier(2, timeout=60)
+        self._rank = threading.local()
+
+    def run_as_rank(self, rank: int, function: Callable[[], Any]) -> Any:
+        self._rank.value = rank
+        return function()
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_world_size(self, group: Any = None) -> int:
+        return 2
+
+    def all_gather_object(self, gathered: list, obj: Any, group: Any = None) -> None:
+        self._slots[self._rank.value] = obj
+        self._barrier.wait()
+        gathered[:] = list(self._slots)
+        self._barrier.wait()  # nobody overwrites a slot before both ranks have read it
+
+
+def train_rank0_while_rank1_checks(scenario: str, tmp_path: Path, monkeypatch) -> tuple[list, Any]:
+    """ddp_worker.py's scenario in one process: rank 0 really trains (Trainer or EmbFuseTrainer) while rank 1,
+    on a thread, makes the same consistency call with the model it built. Returns each rank's error and
+    rank 0's trainer."""
+    from transformers import Trainer
+
+    from hf_embfuse.training import EmbFuseTrainer, MixingWeightsCallback
+    from hf_embfuse.training import distributed as distributed_module
+    from tests.fixtures_training import TinyTask, tiny_training_args
+
+    peer_kwargs = {"mixing_temperature": 2.0} if scenario == "mismatch-config" else {"mixing": "gated"}
+    models = [
+        tiny_fused("bert", "sequence-classification", seed=0, mixing="learned").train(),
+        tiny_fused("bert", "sequence-classification", seed=0, **{"mixing": "learned", **peer_kwargs}).train(),
+    ]
+    args = tiny_training_args(tmp_path / "trainer", per_device_train_batch_size=4, dataloader_num_workers=0)
+    if scenario == "mismatch-config":
+        trainer = Trainer(
+            model=models[0], args=args, train_dataset=TinyTask(), callbacks=[MixingWeightsCallback()]
+        )
+    else:
+        trainer = EmbFuseTrainer(model=models[0], args=args, train_dataset=TinyTask(), mixer_lr=5e-2)
+    world = TwoRankWorld()
+    monkeypatch.setattr(distributed_module, "torch", SimpleNamespace(distributed=world))
+    errors: list[Any] = [None, None]
+
+    def rank(index: int, function: Callable[[], Any]) -> None:
+        try:
+            world.run_as_rank(index, function)
+        except ValueError as error:
+            errors[index] = error
+
+    peer = threading.Thread(target=rank, args=(1, lambda: check_config_consistency(models[1])))
+    peer.start()
+    rank(0, trainer.train)
+    peer.join(timeout=60)
+    return errors, trainer
+
+
 @pytest.mark.parametrize(
     ("scenario", "field"),
     [
@@ -65,14 +137,29 @@ def test_two_ranks_train_the_same_mixture(tmp_path):
         ("mismatch-shape", 'mixing: rank 0 has "learned", rank 1 has "gated"'),
     ],
 )
-def test_ranks_with_different_models_fail_with_a_clear_error(tmp_path, scenario, field):
-    result = launch(tmp_path, scenario)
-    assert result.returncode != 0
+def test_ranks_with_different_models_fail_with_a_clear_error(tmp_path, monkeypatch, scenario, field):
+    """The plain Trainer's callback (on_train_begin) and EmbFuseTrainer.train (before DDP wraps the model)
+    both stop every rank; the messages are built in-process, the launcher adds nothing to them."""
+    errors, trainer = train_rank0_while_rank1_checks(scenario, tmp_path, monkeypatch)
     for rank in (0, 1):
-        message = (tmp_path / f"rank{rank}.error").read_text()
-        assert message.startswith("The EmbFuse model on rank 1 differs from rank 0's")
+        message = str(errors[rank])
+        assert message.startswith("The EmbFuse model on rank 1 differs from rank 0's"), message
         assert field in message
-    assert not list(tmp_path.glob("rank*.safetensors"))
+    assert trainer.state.global_step == 0, "rank 0 trained although the ranks disagree"
+
+
+def test_two_rank_world_lets_identical_models_through(tmp_path, monkeypatch):
+    """The in-process world is no rubber stamp: identical ranks train (the torchrun test above, in-process)."""
+    from hf_embfuse.training import distributed as distributed_module
+
+    world = TwoRankWorld()
+    monkeypatch.setattr(distributed_module, "torch", SimpleNamespace(distributed=world))
+    models = [tiny_fused("bert"), tiny_fused("bert")]
+    peer = threading.Thread(target=world.run_as_rank, args=(1, lambda: check_config_consistency(models[1])))
+    peer.start()
+    world.run_as_rank(0, lambda: check_config_consistency(models[0]))
+    peer.join(timeout=60)
+    assert not peer.is_alive()
 
 
 def test_check_is_a_no_op_without_torch_distributed():

@@ -16,4 +16,9 @@ import torch
 
 torch.set_num_threads(1)
 
-pytest_plugins = ["tests.fixtures_models", "tests.fixtures_hub", "tests.fixtures_tokenizers"]
+pytest_plugins = [
+    "tests.fixtures_models",
+    "tests.fixtures_hub",
+    "tests.fixtures_tokenizers",
+    "tests.fixtures_imports",
+]

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
+
+import pytest
 
 import hf_embfuse
 
 # Modules that `import hf_embfuse` must not load: they belong to building, training and publishing.
 HEAVY = ("peft", "pydantic", "hf_embfuse.bake", "hf_embfuse.build", "hf_embfuse.recipe", "hf_embfuse.sources")
 
-CHILD = r"""
-import json, sys
-import hf_embfuse
-loaded = [name for name in json.loads(sys.argv[1]) if name in sys.modules]
-print(json.dumps({"loaded": loaded, "dir": dir(hf_embfuse), "all": hf_embfuse.__all__}))
-"""
-
-
-def _in_fresh_process() -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(HEAVY)], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_import_is_light_and_dir_lists_every_public_name():
-    report = _in_fresh_process()
-    assert report["loaded"] == []
+def test_import_is_light_and_dir_lists_every_public_name(fresh_import_report):
+    report = fresh_import_report  # one fresh interpreter, shared with the other import-laziness tests
+    assert [name for name in HEAVY if name in report["package"]] == []
     assert set(report["all"]) <= set(report["dir"])
     assert {"bake", "bake_to_folder", "fuse", "push_to_hub", "load_embfuse_folder"} <= set(report["dir"])
 
@@ -75,28 +57,23 @@ def test_test_infrastructure_is_not_in_the_package():
 
 # --------------------------------------------------------------------------- one task table
 
-TASK_CHILD = r"""
-import hf_embfuse.modeling_embfuse as m
-# A task added to the one table is a recipe task at once: nothing else lists the names.
-m.TASKS = (*m.TASKS, m.EmbFuseTask("new-task", "EmbFuseModel", m.AutoModel, "feature-extraction", "FEATURE_EXTRACTION"))
-from hf_embfuse.recipe import parse_recipe
-print(parse_recipe({"base": "b", "task": "new-task", "sources": [{"path": "s"}]}).task)
-"""
-
-
-def test_recipe_tasks_come_from_the_task_table():
+def test_recipe_tasks_come_from_the_task_table(monkeypatch):
+    import importlib
     from typing import get_args
 
-    from hf_embfuse.modeling_embfuse import TASKS
+    import hf_embfuse.modeling_embfuse as m
+    import hf_embfuse.recipe
     from hf_embfuse.recipe import Recipe
 
-    assert get_args(Recipe.model_fields["task"].annotation) == tuple(task.name for task in TASKS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", TASK_CHILD], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "new-task"
+    assert get_args(Recipe.model_fields["task"].annotation) == tuple(task.name for task in m.TASKS)
+    # A task added to the one table is a recipe task at once: nothing else lists the names. The recipe module
+    # reads the table when it is imported, so import it afresh; monkeypatch puts the original module back.
+    new_task = m.EmbFuseTask("new-task", "EmbFuseModel", m.AutoModel, "feature-extraction", "FEATURE_EXTRACTION")
+    monkeypatch.setattr(m, "TASKS", (*m.TASKS, new_task))
+    monkeypatch.setattr(hf_embfuse, "recipe", hf_embfuse.recipe)
+    monkeypatch.delitem(sys.modules, "hf_embfuse.recipe")
+    fresh = importlib.import_module("hf_embfuse.recipe")
+    assert fresh.parse_recipe({"base": "b", "task": "new-task", "sources": [{"path": "s"}]}).task == "new-task"
 
 
 def test_a_folder_naming_an_unknown_wrapper_lists_the_tables_wrappers(tmp_path):
@@ -115,15 +92,18 @@ def test_a_folder_naming_an_unknown_wrapper_lists_the_tables_wrappers(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_argparse_lives_in_the_cli():
+def test_argparse_lives_in_the_cli(capsys):
     import importlib.util
     from pathlib import Path
 
     for module in ("hf_embfuse.bake", "hf_embfuse.evaluation.command"):
         source = Path(importlib.util.find_spec(module).origin).read_text()
         assert "argparse" not in source and "add_command" not in source, module
-    help_text = subprocess.run(
-        [sys.executable, "-m", "hf_embfuse.cli", "--help"], capture_output=True, text=True, timeout=120
-    ).stdout
+    from hf_embfuse.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
     for command in ("build", "inspect", "bake", "eval", "push", "upgrade"):
         assert command in help_text, command

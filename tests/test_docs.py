@@ -7,6 +7,7 @@ and the README's first quick start must run as written.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -86,6 +87,39 @@ def test_python_blocks_compile(page):
     blocks = code_blocks(page, "python")
     for number, block in enumerate(blocks, 1):
         compile(block, f"{page.name}, python block {number}", "exec")  # a SyntaxError names the block
+
+
+def _package_names() -> set[str]:
+    """`hf_embfuse.__all__`, read from the source (importing the package here would cost seconds)."""
+    tree = ast.parse((ROOT / "hf_embfuse" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("hf_embfuse/__init__.py has no __all__")
+
+
+def _is_module(dotted: str) -> bool:
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_python_blocks_import_modules_and_names_that_exist(page):
+    public, missing = _package_names(), []
+    for block in code_blocks(page, "python"):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hf_embfuse":
+                if not _is_module(node.module):
+                    missing.append(f"module {node.module}")
+                elif node.module == "hf_embfuse":
+                    missing += [f"hf_embfuse.{a.name}" for a in node.names if a.name not in public]
+            elif isinstance(node, ast.Import):
+                missing += [
+                    f"module {a.name}"
+                    for a in node.names
+                    if a.name.split(".")[0] == "hf_embfuse" and not _is_module(a.name)
+                ]
+    assert not missing, f"{page.name} imports what does not exist: {missing}"
 
 
 def _make_targets() -> set[str]:

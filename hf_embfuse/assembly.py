@@ -103,7 +103,7 @@ class Assembly:
 
     @property
     def width(self) -> int:
-        return int(self.base.skeleton.get_input_embeddings().weight.shape[1])
+        return self.base.width
 
     def _nobody(self) -> torch.Tensor:
         """Target rows neither the base nor any donor has."""
@@ -215,11 +215,10 @@ class Assembly:
         kwargs = {"num_labels": self.recipe.num_labels} if self.recipe.num_labels else {}
         with _seeded(self.recipe.seed):  # heads the base lacks are initialised reproducibly
             model = self.base.materialised(**kwargs)
-        self.base.skeleton = model  # tables below are read from the loaded model
         if not self.layout.plain:
             install_tables(
                 model,
-                self.target.tokenizer,
+                self.target.saved_tokenizer,
                 self.input_table(),
                 head_mode=self.layout.head_mode,
                 head_table=self.head_table(),
@@ -239,7 +238,7 @@ class Assembly:
         if not layout.plain:
             install_tables(
                 skeleton,
-                self.target.tokenizer,
+                self.target.saved_tokenizer,
                 meta(layout.num_rows, self.width, self.base.dtype),
                 head_mode=layout.head_mode,
                 head_table=meta(layout.num_rows, self.width, self.base.dtype)

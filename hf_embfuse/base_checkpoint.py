@@ -50,27 +50,30 @@ class BaseCheckpoint:
     model: PreTrainedModel | None = None
     location: str | None = None
 
-    @property
-    def input_name(self) -> str:
-        return _name_of(self.skeleton, self.skeleton.get_input_embeddings().weight)
+    def __post_init__(self) -> None:
+        # Named once, as the base is: the skeleton is later given the target's tables.
+        skeleton = self.skeleton
+        weight = skeleton.get_input_embeddings().weight
+        head = skeleton.get_output_embeddings()
+        self.input_name = _name_of(skeleton, weight)
+        self.dtype = weight.dtype
+        self.width = int(weight.shape[1])
+        self.num_rows = int(weight.shape[0])
+        self.has_head = head is not None
+        self.tied = head is not None and head.weight is weight
+        self.head_name = _name_of(skeleton, head.weight) if head is not None else None
+        bias = getattr(head, "bias", None) if head is not None else None
+        self.bias_name = _name_of(skeleton, bias) if bias is not None else None
 
-    @property
-    def head(self) -> torch.nn.Module | None:
-        return self.skeleton.get_output_embeddings()
-
-    @property
-    def tied(self) -> bool:
-        head = self.head
-        return head is not None and head.weight is self.skeleton.get_input_embeddings().weight
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.skeleton.get_input_embeddings().weight.dtype
+    def changed_names(self) -> list[str]:
+        """The names of the tensors a build may change: input table, head (untied), head bias."""
+        head = None if self.tied else self.head_name
+        return [name for name in (self.input_name, head, self.bias_name) if name is not None]
 
     def tensor(self, name: str) -> torch.Tensor:
         """The skeleton's parameter `name` with its values: the model's own, or read from the checkpoint."""
         if self.model is not None:
-            return self.skeleton.get_parameter(name).detach()
+            return self.model.get_parameter(name).detach()
         key = self.stored_key(name)
         if key is None:
             raise ValueError(f"The base checkpoint {self.folder} holds no tensor for {name!r}.")
@@ -80,12 +83,11 @@ class BaseCheckpoint:
         return self.tensor(self.input_name)
 
     def head_table(self) -> torch.Tensor | None:
-        head = self.head
-        return None if head is None else self.tensor(_name_of(self.skeleton, head.weight))
+        """The head's own table (`None` without a head, or when it is tied to the input table)."""
+        return None if self.head_name is None or self.tied else self.tensor(self.head_name)
 
     def head_bias(self) -> torch.Tensor | None:
-        bias = getattr(self.head, "bias", None) if self.head is not None else None
-        return None if bias is None else self.tensor(_name_of(self.skeleton, bias))
+        return None if self.bias_name is None else self.tensor(self.bias_name)
 
     def stored_key(self, name: str) -> str | None:
         """The checkpoint key of the skeleton's tensor `name`: the same, or with the base prefix added or dropped
@@ -143,7 +145,17 @@ def open_base(
     dtype = _stored_dtype(stored)
     with torch.device("meta"):
         skeleton = task.auto_class.from_config(copy.deepcopy(config), dtype=dtype)
-    return BaseCheckpoint(config, tokenizer, task, skeleton, folder=folder, stored=stored, location=name)
+    skeleton.tie_weights()  # what loading does: a tied head is the input table, not a tensor of the checkpoint
+    checkpoint = BaseCheckpoint(
+        config, tokenizer, task, skeleton, folder=folder, stored=stored, location=name
+    )
+    lacking = [n for n in checkpoint.changed_names() if checkpoint.stored_key(n) is None]
+    if lacking:
+        # A table the build changes is not in the checkpoint (a head the task adds): loading initialises it.
+        logger.info("%s lacks %s; the base is loaded whole.", name, ", ".join(lacking))
+        model = _without_remote_code(task.auto_class.from_pretrained, name, **kwargs)
+        return BaseCheckpoint(copy.deepcopy(model.config), tokenizer, task, model, model=model, location=name)
+    return checkpoint
 
 
 def _local_folder(name: str) -> Path | None:

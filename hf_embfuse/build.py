@@ -288,7 +288,7 @@ def _build(
         )
         assembly.add(DonorTables(aligned, coverage, projection, weights[index + 1], provenance))
         reports.append(SourceReport(name, kind, width, aligned.report, projection.report))
-    result = FuseResult(None, target.tokenizer, reports, modules, assembly.transfer_report())
+    result = FuseResult(None, target.saved_tokenizer, reports, modules, assembly.transfer_report())
     return assembly, result
 
 

@@ -136,7 +136,7 @@ def lay_base(
             "tokenizer for this language or script, and donors would have almost no anchors. Pass "
             "allow_low_overlap=True (recipe: `allow_low_overlap: true`) to build anyway."
         )
-    head = base.head
+    head = base.skeleton.get_output_embeddings()
     head_mode = None
     if head is not None:
         untie = recipe.output_head == "untied" or (recipe.output_head == "auto" and not TIE_BY_DEFAULT)
@@ -167,7 +167,7 @@ def lay_base(
 
 def _identity_layout(base: BaseCheckpoint) -> BaseLayout:
     """Plain fusion: the target is the base's own vocabulary, and every base row is its own source-0 row."""
-    num_rows = int(base.skeleton.get_input_embeddings().weight.shape[0])
+    num_rows = base.num_rows
     rows = torch.arange(num_rows)
     special = torch.zeros(num_rows, dtype=torch.bool)
     special[[i for i in base.tokenizer.all_special_ids if i < num_rows]] = True
@@ -181,7 +181,7 @@ def _identity_layout(base: BaseCheckpoint) -> BaseLayout:
         base_row=rows,
         anchors=~special,
         own_rows=everything,
-        head_mode=None if base.head is None else "kept",
+        head_mode="kept" if base.has_head else None,
         donor_rows="all",
     )
 

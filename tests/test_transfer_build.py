@@ -18,8 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_embfuse
-from hf_embfuse.bake import bake
-from hf_embfuse.transfer import align_base
+from hf_embfuse.baking import bake
 from tests.fixtures_models import tiny_base
 from tests.fixtures_tokenizers import (
     DEFAULT_UNIGRAM_PIECES,
@@ -251,7 +250,7 @@ def test_donors_fill_only_the_rows_the_base_lacks_and_leave_its_own_rows_exact(t
     model, tokenizer = result.model, result.tokenizer
     embedding = model.get_input_embeddings()
     # Every old token but the reserved placeholder (`<|reserved_special_token_0|>`: nobody's row, so filled).
-    own = align_base(base, base_tokenizer, tokenizer).own_rows
+    own = _own_rows(base, base_tokenizer, tokenizer)
     old = own.nonzero().squeeze(1)
     assert old.tolist() == [
         i
@@ -353,7 +352,7 @@ def test_bake_to_folder_writes_the_new_vocabulary_and_tokenizer(tmp_path):
     """A plain checkpoint: the target's vocabulary, its tokenizer files, loadable without remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_embfuse.bake import bake_to_folder
+    from hf_embfuse.baking import bake_to_folder
 
     base_tokenizer, target = make_bpe_tokenizer(), make_unigram_tokenizer()
     base = tiny_base("gpt2", "causal-lm", vocab_size=len(base_tokenizer))
@@ -375,3 +374,15 @@ def test_bake_to_folder_writes_the_new_vocabulary_and_tokenizer(tmp_path):
         torch.testing.assert_close(
             baked(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, atol=1e-5, rtol=1e-5
         )
+
+
+def _own_rows(base, base_tokenizer, tokenizer) -> torch.Tensor:
+    """Target rows the base has as one row of its own: matched one to one, or a special token matched by role."""
+    from hf_embfuse.alignment import align_source
+    from hf_embfuse.sources import SourceTable
+
+    table = SourceTable(
+        name="base", kind="base", weight=base.get_input_embeddings().weight.detach(), tokenizer=base_tokenizer
+    )
+    aligned = align_source(tokenizer, table, min_coverage=0.0, allow_low_coverage=True)
+    return aligned.anchor_mask | aligned.outcome_mask("special")

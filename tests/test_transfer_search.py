@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_embfuse.projection import anchor_neighbours, transport_plan, transport_table
-from hf_embfuse.transfer import sparse_coding_plan
+from hf_embfuse.projection import HEAD_ROWS, OmpSettings, omp_plan
 
 
 def _clustered_table(rows: int = 3000, width: int = 16, groups: int = 40, seed: int = 0) -> torch.Tensor:
@@ -57,31 +57,33 @@ def test_sparse_coding_reconstructs_a_row_that_is_a_combination_of_anchors():
     base = torch.randn(61, 5, generator=generator)
     coverage = torch.ones(61, dtype=torch.bool)
     anchors = torch.arange(61) < 60
-    plan = sparse_coding_plan(table, coverage, anchors, k=2, candidates=60, ridge=1e-8, max_l1=10.0)
+    plan = omp_plan(
+        table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=60, ridge=1e-8, max_l1=10.0)
+    )
     out = plan.apply(base)
     torch.testing.assert_close(out[60], 2 * base[3] - base[7], atol=1e-3, rtol=1e-3)
     # An anchor codes as itself.
     torch.testing.assert_close(out[5], base[5], atol=1e-3, rtol=1e-3)
     # By default the coefficients' absolute sum is bounded (here 3 -> 2): no row can blow up in the base space.
-    bounded = sparse_coding_plan(table, coverage, anchors, k=2, candidates=60, ridge=1e-8)
+    bounded = omp_plan(table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=60, ridge=1e-8))
     assert float(bounded.weights.abs().sum(1).max()) <= 2.0 + 1e-5
     torch.testing.assert_close(bounded.apply(base)[60], (2 * base[3] - base[7]) * 2 / 3, atol=1e-3, rtol=1e-3)
 
 
 def test_whole_set_sparse_coding_refuses_problems_past_an_exact_search(monkeypatch):
-    from hf_embfuse.transfer import sparse_coding
+    from hf_embfuse.projection import omp
 
     table = torch.randn(30, 4, generator=torch.Generator().manual_seed(3))
     anchors = torch.arange(30) < 20
-    assert sparse_coding.codes_over_all_anchors(30, ~anchors, anchors)
-    monkeypatch.setattr(sparse_coding, "_EXACT_UP_TO", 10 * 20 - 1)
-    assert not sparse_coding.codes_over_all_anchors(30, ~anchors, anchors)
-    with pytest.raises(ValueError, match="at most 2\\^31 rows x anchors"):
-        sparse_coding_plan(table, ~anchors, anchors, k=2, candidates="all")
+    assert omp.codes_over_every_anchor(~anchors, anchors)
+    monkeypatch.setattr(omp, "EXACT_UP_TO", 10 * 20 - 1)
+    assert not omp.codes_over_every_anchor(~anchors, anchors)
+    with pytest.raises(ValueError, match="at most 199 rows x anchors"):
+        omp_plan(table, ~anchors, anchors, atoms=2, settings=HEAD_ROWS)
 
 
 def test_whole_set_sparse_coding_finds_atoms_far_from_the_row():
-    """`candidates="all"` picks among every anchor: a row that is a combination of anchors far from it (not
+    """`candidates=None` picks among every anchor: a row that is a combination of anchors far from it (not
     among its nearest candidates) is still coded exactly, with free coefficients, and only covered rows are coded."""
     generator = torch.Generator().manual_seed(2)
     anchors_rows = torch.randn(200, 16, generator=generator)
@@ -90,7 +92,7 @@ def test_whole_set_sparse_coding_finds_atoms_far_from_the_row():
     base = torch.randn(201, 6, generator=generator)
     anchors = torch.arange(201) < 200
     coverage = ~anchors  # only the new row is coded
-    plan = sparse_coding_plan(table, coverage, anchors, k=3, candidates="all")
+    plan = omp_plan(table, coverage, anchors, atoms=3, settings=HEAD_ROWS)
     assert plan.rows.tolist() == [200]
     torch.testing.assert_close(
         plan.apply(base)[200], 3 * base[11] - 2 * base[150] + 0.5 * base[42], atol=1e-3, rtol=1e-3

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_embfuse.projection import anchor_neighbours, transport_plan, transport_table
-from hf_embfuse.projection import HEAD_ROWS, OmpSettings, omp_plan
+from hf_embfuse.projection import (
+    HEAD_ROWS,
+    OmpSettings,
+    anchor_neighbours,
+    omp_plan,
+    transport_plan,
+    transport_table,
+)
 
 
 def _clustered_table(rows: int = 3000, width: int = 16, groups: int = 40, seed: int = 0) -> torch.Tensor:

@@ -208,11 +208,9 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
         `tokenizer(text)` adding what the body's tokenizer adds). Roles are moved by
         `SpecialTokens.with_roles`, after the alignment.
     """
-    from ..evaluation.bits_per_byte import start_token_id
-
     body_before, body_after = added_around(body)
     target_before, target_after = added_around(target)
-    body_start = body_before[0] if body_before else start_token_id(body)
+    body_start = body_before[0] if body_before else _document_start(body)
     body_roles = _roles(body)
     matched = body_rows_of_specials(target, body)
     notes, out = [], target
@@ -222,16 +220,15 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
 
     def choose(role: str, body_id: int | None) -> TokenChoice:
         own = getattr(target, f"{_MOVABLE[role]}_id", None)
-        if body_id is None:
-            return TokenChoice(role, name(target, own), own, None, None, "kept")
-        holder = _holder(matched, body_id, own)
-        if holder is None:
-            return TokenChoice(role, name(target, own), own, None, None, "kept")
+        holder = None if body_id is None else _holder(matched, body_id, own)
+        if holder is None:  # no target token on that body row: the target's own stays, on whatever row it has
+            own_row = matched.get(own)
+            return TokenChoice(role, name(target, own), own, name(body, own_row), own_row, "kept")
         how = "kept" if holder == own else "moved"
         return TokenChoice(role, name(target, holder), holder, name(body, body_id), body_id, how)
 
     start = choose("bos", body_start)
-    if start.body_token is None:
+    if start.body_token is None and body_start is not None:
         # No target token holds the body's start row: add the body's token; its string matches it exactly.
         from tokenizers import AddedToken
 
@@ -245,10 +242,16 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
     roles = {"bos": start, "eos": choose("eos", body_end), "pad": choose("pad", body_roles.get("pad"))}
     if start.how == "added":
         # `with_roles` sets the bos role on the added token after the alignment.
-        roles["bos"] = TokenChoice("bos", start.token, start.token_id, start.body_token, start.body_token_id, "moved")
+        roles["bos"] = TokenChoice(
+            "bos", start.token, start.token_id, start.body_token, start.body_token_id, "moved"
+        )
     for role, choice in roles.items():
         if choice.body_token is None and choice.token is not None:
             notes.append(f"{role} {choice.token!r} holds no body special token's row")
+        elif (
+            role != "bos" and choice.body_token_id == body_start and choice.token_id != roles["bos"].token_id
+        ):
+            notes.append(f"{role} {choice.token!r} holds the body's start row {choice.body_token!r}")
 
     prepend, append = bool(body_before), bool(body_after)
     want_before = [start.token_id] if prepend else []
@@ -276,6 +279,16 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
     for note in notes:
         logger.info("Special tokens: %s", note)
     return result, out
+
+
+def _document_start(body: Any) -> int | None:
+    """The token the body's own score puts before each line, when its tokenizer prepends nothing."""
+    from ..evaluation.bits_per_byte import start_token_id
+
+    try:
+        return start_token_id(body)
+    except ValueError:  # neither bos nor eos (a WordPiece encoder): its cls, if any
+        return _roles(body).get("bos")
 
 
 def _chat_markers(tokenizer: Any) -> set[int]:

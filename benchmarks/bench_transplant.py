@@ -56,10 +56,10 @@ import hf_embfuse  # noqa: E402
 from hf_embfuse.alignment import align_source  # noqa: E402
 from hf_embfuse.evaluation.bits_per_byte import score_lines, start_token_id  # noqa: E402
 from hf_embfuse.evaluation.dev_text import dev_split, oanc_sentences  # noqa: E402
-from hf_embfuse.sources import cache_root  # noqa: E402
+from hf_embfuse.sources import SourceTable, cache_root  # noqa: E402
 from hf_embfuse.sources._gguf_tokenizer import load_gguf_tokenizer  # noqa: E402
 from hf_embfuse.sources.gguf_model import forget_gguf_quantizer, load_gguf_base  # noqa: E402
-from hf_embfuse.transfer import align_base, base_source_table, install_target_vocabulary  # noqa: E402
+from hf_embfuse.transfer import install_tables  # noqa: E402
 
 logger = logging.getLogger("bench_transplant")
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,20 +126,25 @@ def timed(function, *args, **kwargs) -> tuple[Any, float]:
 
 def mean_init(base: Any, base_tokenizer: Any, target_tokenizer: Any) -> Any:
     """One-to-one matches copied; every other row the base's mean row (what `mean_resizing` gives new rows)."""
-    model = copy.deepcopy(base)
-    table = base_source_table("base", model.get_input_embeddings().weight, base_tokenizer)
-    aligned = align_source(
-        target_tokenizer, table, decompose=False, min_coverage=0.0, allow_low_coverage=True
-    )
-    install_target_vocabulary(model, target_tokenizer, aligned, 1.0, [], untie=False)
-    return model.eval()
+    return _base_alone(base, base_tokenizer, target_tokenizer, decompose=False)
 
 
 def fvt(base: Any, base_tokenizer: Any, target_tokenizer: Any) -> Any:
     """The base table alone on the target: one-to-one copies, other rows the mean of the base's pieces."""
+    return _base_alone(base, base_tokenizer, target_tokenizer, decompose=True)
+
+
+def _base_alone(base: Any, base_tokenizer: Any, target_tokenizer: Any, *, decompose: bool) -> Any:
+    """The base's own table on the target rows (rows it has nothing for: its mean row), the head tied to it."""
     model = copy.deepcopy(base)
-    on_target = align_base(model, base_tokenizer, target_tokenizer)
-    install_target_vocabulary(model, target_tokenizer, on_target.aligned, 1.0, [], untie=False)
+    weight = model.get_input_embeddings().weight.detach()
+    table = SourceTable(name="base", kind="base", weight=weight, tokenizer=base_tokenizer)
+    aligned = align_source(
+        target_tokenizer, table, decompose=decompose, min_coverage=0.0, allow_low_coverage=True
+    )
+    rows = aligned.table
+    rows[~aligned.coverage] = weight.float().mean(0)
+    install_tables(model, target_tokenizer, rows.to(weight.dtype), head_mode="tied")
     return model.eval()
 
 

@@ -20,7 +20,7 @@ LOGIT_BUDGET = 1 << 26
 
 
 def _text_config(model: Any) -> Any:
-    config = model.config
+    config = getattr(model, "config", None) or model.module.config  # DDP keeps the model as `.module`
     config = getattr(config, "base_config", None) or config  # an EmbFuse wrapper's base config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 

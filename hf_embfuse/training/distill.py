@@ -38,7 +38,7 @@ import torch
 
 from ..evaluation.bits_per_byte import start_token_id
 from .chunked_loss import next_token_log_probs
-from .heal import HealTrainer, pad_right
+from .heal import HealTrainer, pad_right, target_labels
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ class DistillDataset(torch.utils.data.Dataset):
         return {
             "input_ids": input_ids,
             "attention_mask": mask,
+            "labels": target_labels(input_ids, mask),
             "teacher_input_ids": teacher_ids,
             "teacher_attention_mask": teacher_mask,
             "student_chunks": _pad_chunks([e["student_chunks"] for e in batch], input_ids.shape[1] - 1),
@@ -259,19 +260,21 @@ class DistillTrainer(HealTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student = self.student_log_probs(model, inputs["input_ids"], inputs["attention_mask"])
-        lm = -student.sum() / inputs["attention_mask"][:, 1:].sum().clamp(min=1)
+        lm = self.lm_loss(student, inputs, num_items_in_batch)
         teacher = self.teacher_log_probs(inputs)
         count = int(inputs["num_chunks"].max())
         s = chunk_log_likelihoods(student, inputs["student_chunks"], count)
         t = chunk_log_likelihoods(teacher, inputs["teacher_chunks"], count)
         valid = torch.arange(count, device=s.device)[None, :] < inputs["num_chunks"][:, None].to(s.device)
         matching = chunk_matching_loss(s, t, valid, self.distill.chunk_loss)
-        loss = self.distill.lm_weight * lm + self.distill.chunk_weight * matching
+        scale = self.per_batch_scale(num_items_in_batch)  # the chunk term is a per-batch mean
+        loss = self.distill.lm_weight * lm + self.distill.chunk_weight * matching / scale
         extra = self.regularization(model, inputs["input_ids"])
         if extra is not None:
-            loss = loss + extra
+            loss = loss + extra / scale
+        loss = loss * self.rank_factor(num_items_in_batch)
         gap = (s - t)[valid].abs().mean()
-        for name, value in (("lm_loss", lm), ("chunk_loss", matching), ("chunk_gap", gap)):
+        for name, value in (("lm_loss", lm * scale), ("chunk_loss", matching), ("chunk_gap", gap)):
             self._logged.setdefault(name, []).append(float(value.detach()))
         return (loss, {"loss": loss, "chunk_gap": gap}) if return_outputs else loss
 

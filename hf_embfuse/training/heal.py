@@ -94,11 +94,10 @@ class LineDataset(torch.utils.data.Dataset):
 
     def collate(self, batch: list[list[int]]) -> dict[str, torch.Tensor]:
         input_ids, mask = pad_right(batch, self.pad)
-        # labels for a plain `Trainer`; `HealTrainer` reads the targets from the ids and mask
         return {
             "input_ids": input_ids,
             "attention_mask": mask,
-            "labels": input_ids.masked_fill(mask == 0, -100),
+            "labels": target_labels(input_ids, mask),
         }
 
 
@@ -113,12 +112,51 @@ def pad_right(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
     return input_ids, mask
 
 
+def target_labels(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels whose non-`-100` entries are exactly the predicted tokens: padding and each row's start are -100.
+
+    A plain `Trainer` (which shifts them) gets the same loss; the Trainer counts them for `num_items_in_batch`.
+    """
+    labels = input_ids.masked_fill(mask == 0, -100)
+    labels[:, 0] = -100
+    return labels
+
+
 class HealTrainer(Trainer):
     """A `Trainer` whose loss is the next-token cross-entropy computed a chunk of positions at a time.
 
     Same figure as the model's own loss (plus an EmbFuse model's `reg_lambda · Ω`), without the
     `(batch, positions, vocabulary)` logits: see `chunked_loss.py`.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The loss is a sum over tokens divided by the global batch's token count (`num_items_in_batch`,
+        # gathered over ranks and accumulation steps), so N processes and one process with the same global
+        # batch take the same step, whatever the lines' lengths.
+        self.model_accepts_loss_kwargs = True
+
+    def rank_factor(self, num_items_in_batch: Any) -> int:
+        """What the loss is multiplied by, as `Trainer.compute_loss` does when `num_items_in_batch` is global:
+        DDP averages the ranks' gradients, and the token loss is a share of a sum over all ranks."""
+        if num_items_in_batch is None or not self.args.average_tokens_across_devices:
+            return 1
+        return self.accelerator.num_processes
+
+    def per_batch_scale(self, num_items_in_batch: Any) -> float:
+        """What a per-batch mean term is divided by so that, like the token loss, it sums to a global mean
+        (over ranks, and over accumulation steps, which the Trainer does not divide a loss normalised by
+        `num_items_in_batch` by)."""
+        if num_items_in_batch is None:
+            return 1.0
+        return float(self.rank_factor(num_items_in_batch) * self.current_gradient_accumulation_steps)
+
+    def lm_loss(
+        self, log_probs: torch.Tensor, inputs: dict[str, Any], num_items_in_batch: Any
+    ) -> torch.Tensor:
+        """Mean next-token loss: over the global batch's tokens when the Trainer counted them, else this batch's."""
+        count = inputs["attention_mask"][:, 1:].sum() if num_items_in_batch is None else num_items_in_batch
+        return -log_probs.sum() / (count.clamp(min=1) if torch.is_tensor(count) else max(1, count))
 
     def output_head(self, model: Any) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model).get_output_embeddings()
@@ -139,12 +177,12 @@ class HealTrainer(Trainer):
         return None if term is None else weight * term
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs.pop("labels", None)
         log_probs = self.student_log_probs(model, inputs["input_ids"], inputs["attention_mask"])
-        loss = -log_probs.sum() / inputs["attention_mask"][:, 1:].sum().clamp(min=1)
+        loss = self.lm_loss(log_probs, inputs, num_items_in_batch)
         extra = self.regularization(model, inputs["input_ids"])
         if extra is not None:
-            loss = loss + extra
+            loss = loss + extra / self.per_batch_scale(num_items_in_batch)
+        loss = loss * self.rank_factor(num_items_in_batch)
         return (loss, {"loss": loss}) if return_outputs else loss
 
 

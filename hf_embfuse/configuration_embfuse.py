@@ -6,6 +6,8 @@ This file is copied into every saved checkpoint and runs under `trust_remote_cod
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
@@ -21,8 +23,12 @@ MIXING_MODES = ("fixed", "learned", "gated")
 REGULARIZERS = ("none", "anchor", "entropy")
 PROJECTIONS = ("identity", "linear")
 # How a source's stored table and map were initialised (provenance; the runtime map is `projection`).
-INITIALIZATIONS = ("identity", "linear", "transport")
+INITIALIZATIONS = ("identity", "linear", "transport", "omp")
 SOURCE_DTYPES = ("float32", "float16", "bfloat16")
+# Fields of the wrapped model that also appear in `to_dict()` (and so at the top of config.json): transformers
+# and PEFT read them from the dict (generation defaults, PEFT's tied-embedding check). Values come from the
+# base config at the time of the call, never from a copy.
+_BASE_FIELDS_IN_DICT = ("tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
 
 
 class EmbFuseConfig(PretrainedConfig):
@@ -37,7 +43,7 @@ class EmbFuseConfig(PretrainedConfig):
             One entry per source table, in order; source 0 is the base model's own table. Each entry needs
             `width` (the table's width) and `projection`, the map applied at run time (`"identity"` or
             `"linear"`). `initialization` says how the stored table and map were made (`"identity"`: copied
-            as aligned, `"linear"`: a map fitted on anchors, `"transport"`: rows rebuilt from base vectors);
+            as aligned, `"linear"`: a map fitted on anchors, `"transport"` / `"omp"`: rows rebuilt from base vectors);
             the rest (`name`, `kind`, `revision`, `alignment` summary, ...) is provenance, kept as is.
             Defaults to the base alone.
         mixing (`str`, defaults to `"learned"`):
@@ -140,25 +146,35 @@ class EmbFuseConfig(PretrainedConfig):
         return len(self.sources)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        # What users, PEFT and `from_pretrained(..., num_labels=5)` set on the model's config is decided by the
-        # wrapped model's own config when the model is built: keep the two in step.
+        # One owner per field. EmbFuse's own fields and PretrainedConfig's live here; any other field the
+        # wrapped model's config has (`vocab_size`, `pad_token_id`, `hidden_dropout_prob`, ...) is written
+        # to it, and read back from it by `__getattr__`, so the two configs cannot disagree. Trainer,
+        # pipelines, PEFT, generation and `from_pretrained(..., pad_token_id=0)` all set fields this way.
         base_config = self.__dict__.get("base_config")
-        if base_config is None:
-            return
-        if name == "tie_word_embeddings":
-            base_config.tie_word_embeddings = value
-            base_config.get_text_config(decoder=True).tie_word_embeddings = value
-        elif name in ("id2label", "label2id") and value is not None:
+        if base_config is None or _is_own_field(type(self), name) or not hasattr(base_config, name):
+            super().__setattr__(name, value)
+        else:
+            setattr(base_config, name, value)
+            if name == "tie_word_embeddings":
+                base_config.get_text_config(decoder=True).tie_word_embeddings = value
+        # Labels are PretrainedConfig's own fields, and the base model's head reads its own config's.
+        if base_config is not None and name in ("id2label", "label2id") and value is not None:
             setattr(base_config, name, dict(value))
 
     def __getattr__(self, name: str) -> Any:
-        # Trainer, pipelines, PEFT and generation read the wrapped model's attributes (`vocab_size`,
-        # `hidden_size`, ...) on the model's config: answer with the base config's, which owns them.
+        # Only called for names not found here: a field of the wrapped model, answered by its config.
         base_config = self.__dict__.get("base_config")
         if base_config is None or name.startswith("_"):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(base_config, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if self.base_config is not None:
+            for name in _BASE_FIELDS_IN_DICT:
+                if getattr(self.base_config, name, None) is not None:
+                    output[name] = getattr(self.base_config, name)
+        return output
 
     def validate_embfuse(self) -> None:
         """Raise a `ValueError` naming the first invalid field and its allowed values."""
@@ -222,6 +238,22 @@ class EmbFuseConfig(PretrainedConfig):
         if self.base_config is None:
             return self
         return self.base_config.get_text_config(*args, **kwargs)
+
+
+@functools.cache
+def _pretrained_config_fields() -> frozenset[str]:
+    """EmbFuse's fields, and those every `PretrainedConfig` holds itself (`architectures`, `id2label`, ...)."""
+    return frozenset(PretrainedConfig().__dict__) | frozenset(inspect.signature(EmbFuseConfig).parameters)
+
+
+def _is_own_field(config_class: type, name: str) -> bool:
+    """Whether `name` is stored on the EmbFuse config itself rather than on the wrapped model's config."""
+    return (
+        name.startswith("_")
+        or name in ("base_config", "auto_map")
+        or name in _pretrained_config_fields()
+        or hasattr(config_class, name)  # class attributes and properties (`model_type`, `num_labels`, ...)
+    )
 
 
 def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:

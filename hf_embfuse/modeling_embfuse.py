@@ -65,27 +65,46 @@ class Mixer(nn.Module):
     """The mixing parameters, in one small module so PEFT's `modules_to_save=["mixer"]` keeps adapters small.
 
     `logits` holds one score per source (the seed's ω before the softmax); `gate` (gated mode only) scores
-    each projected vector, so the weights depend on the token but on nothing else.
+    each projected vector, so the weights depend on the token but on nothing else. The mode is fixed when
+    the mixer is built (it decides whether `gate` exists); the fixed weights and the temperature belong to
+    the config and are passed in on every call, so the mixer holds no copy of them that could go stale
+    (PEFT's `modules_to_save` deep-copies this module).
+
+    The `fixed_weights` buffer keeps its place in the checkpoint for older readers and the format-1
+    upgrade, but nothing reads it at run time: `MultiSourceEmbedding` writes the config's weights into it
+    whenever it is saved, and a value loaded from a file is ignored.
     """
 
     def __init__(self, config: EmbFuseConfig, embedding_dim: int) -> None:
         super().__init__()
         self.mode = config.mixing
-        self.temperature = float(config.mixing_temperature)
         num_sources = config.num_sources
-        weights = config.fixed_weights or [1.0 / num_sources] * num_sources
-        weights = torch.tensor(weights, dtype=torch.float32)
-        # Fixed weights are applied as given (renormalised over the covering sources), never via a softmax,
-        # so that [1, 0, ...] reproduces the base exactly.
+        weights = torch.tensor(_fixed_weights(config), dtype=torch.float32)
         self.register_buffer("fixed_weights", weights, persistent=True)
-        self.logits = nn.Parameter(torch.log(weights.clamp_min(1e-6)) * self.temperature)
+        # The initial logits reproduce the initial weights through the softmax at the initial temperature.
+        self.logits = nn.Parameter(torch.log(weights.clamp_min(1e-6)) * float(config.mixing_temperature))
         self.gate = nn.Parameter(torch.zeros(num_sources, embedding_dim)) if self.mode == "gated" else None
 
-    def forward(self, projected: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
-        """Mixing weights `(N, K)` for projected vectors `(N, K, d)` and their coverage `(N, K)`."""
+    def forward(
+        self,
+        projected: torch.Tensor,
+        coverage: torch.Tensor,
+        fixed_weights: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Mixing weights `(N, K)` for projected vectors `(N, K, d)` and their coverage `(N, K)`.
+
+        `fixed_weights` `(K,)` is required in fixed mode; `temperature` divides the logits otherwise.
+        """
         covered_any = coverage.any(dim=-1, keepdim=True)
         if self.mode == "fixed":
-            weights = self.fixed_weights.to(projected.device, projected.dtype) * coverage
+            if fixed_weights is None:
+                raise ValueError(
+                    "Fixed mixing needs `fixed_weights`: one weight per source, >= 0, summing to 1."
+                )
+            # Applied as given (renormalised over the covering sources), never via a softmax, so that
+            # [1, 0, ...] reproduces the base exactly.
+            weights = fixed_weights.to(projected.device, projected.dtype) * coverage
             total = weights.sum(dim=-1, keepdim=True)
             # A token covered only by zero-weight sources falls back to a plain average of those sources.
             uniform = coverage / coverage.sum(dim=-1, keepdim=True).clamp_min(1)
@@ -95,10 +114,23 @@ class Mixer(nn.Module):
             scores = scores + torch.einsum("nkd,kd->nk", projected, self.gate.to(projected.dtype))
         # Extreme logits over a small temperature overflow to ±inf, and inf - inf is NaN in the softmax.
         largest = torch.finfo(scores.dtype).max
-        scores = (scores / self.temperature).clamp(-largest, largest).masked_fill(~coverage, float("-inf"))
+        scores = (scores / temperature).clamp(-largest, largest).masked_fill(~coverage, float("-inf"))
         # Rows no source covers would be all -inf; give them zero weights instead of NaN.
         weights = torch.softmax(scores.masked_fill(~covered_any, 0.0), dim=-1)
         return weights * covered_any
+
+
+def _fixed_weights(config: EmbFuseConfig) -> list[float]:
+    """The config's fixed (or initial) mixing weights, uniform when unset; checked against the sources."""
+    num_sources = config.num_sources
+    weights = config.fixed_weights
+    if weights is None:
+        return [1.0 / num_sources] * num_sources
+    if len(weights) != num_sources:
+        raise ValueError(
+            f"`config.fixed_weights` has {len(weights)} values for {num_sources} sources; give one per source."
+        )
+    return [float(weight) for weight in weights]
 
 
 class MultiSourceEmbedding(nn.Module):
@@ -123,8 +155,9 @@ class MultiSourceEmbedding(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx
-        self.embed_scale = float(config.embed_scale)
-        self.regularizer = config.regularizer
+        # The config is read on every call (scale, fixed weights, temperature, regulariser): one owner, so
+        # setting `model.config.regularizer` or loading with `fixed_weights=` changes what runs.
+        self.config = config
         if base_weight is None:
             base_weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
             nn.init.normal_(base_weight, std=0.02)
@@ -152,6 +185,7 @@ class MultiSourceEmbedding(nn.Module):
         self.register_buffer("coverage", coverage, persistent=True)
         self.mixer = Mixer(config, embedding_dim)
         self.apply_trainability(config)
+        self._register_state_dict_hook(_save_configs_fixed_weights)
         # Values come from this constructor, the sources or a checkpoint: the base model's `_init_weights`
         # (which transformers dispatches to everything under the base) must not re-initialise them.
         for module in self.modules():
@@ -170,6 +204,13 @@ class MultiSourceEmbedding(nn.Module):
     def num_sources(self) -> int:
         return 1 + len(self.source_tables)
 
+    @property
+    def embed_scale(self) -> float:
+        return float(self.config.embed_scale)
+
+    def _fixed_weights_tensor(self) -> torch.Tensor:
+        return torch.tensor(_fixed_weights(self.config), dtype=torch.float32, device=self.weight.device)
+
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, sources={self.num_sources}, mixing={self.mixer.mode!r}"
 
@@ -186,7 +227,9 @@ class MultiSourceEmbedding(nn.Module):
     def mix(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fused vectors `(N, d)` in fp32, mixing weights `(N, K)` and projected vectors for 1-D `ids`."""
         projected = self._projected(ids)
-        weights = self.mixer(projected, self.coverage[ids])
+        fixed = self._fixed_weights_tensor() if self.mixer.mode == "fixed" else None
+        temperature = float(self.config.mixing_temperature)
+        weights = self.mixer(projected, self.coverage[ids], fixed_weights=fixed, temperature=temperature)
         fused = torch.einsum("nk,nkd->nd", weights, projected) if self.num_sources > 1 else projected[:, 0]
         return fused * self.embed_scale, weights, projected
 
@@ -202,13 +245,17 @@ class MultiSourceEmbedding(nn.Module):
         The wrapper adds `reg_lambda · Ω` to the loss. Computed from the ids, not kept from `forward`: a
         module that remembers its last call breaks under gradient checkpointing and re-entrant calls.
         """
-        if self.regularizer == "none":
+        regularizer = self.config.regularizer
+        if regularizer == "none":
             return None
         fused, weights, projected = self.mix(torch.unique(input_ids))
-        if self.regularizer == "anchor":
+        if regularizer == "anchor":
             return (fused - projected[:, 0] * self.embed_scale).pow(2).mean()
-        # entropy: low when each token relies on few sources
-        return -(weights * weights.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        if regularizer == "entropy":  # low when each token relies on few sources
+            return -(weights * weights.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        raise ValueError(
+            f"`config.regularizer` must be one of 'none', 'anchor', 'entropy'; got {regularizer!r}."
+        )
 
     @torch.no_grad()
     def fused_weight(self, chunk_size: int = 16384) -> torch.Tensor:
@@ -230,8 +277,13 @@ class MultiSourceEmbedding(nn.Module):
         return total / self.num_embeddings
 
     @torch.no_grad()
-    def resize_rows(self, new_num_embeddings: int) -> None:
-        """Grow or shrink the vocabulary; new rows are covered by the base table only (mean-initialised)."""
+    def resize_rows(self, new_num_embeddings: int, new_base_rows: torch.Tensor | None = None) -> None:
+        """Grow or shrink the vocabulary; new rows are covered by the base table only.
+
+        Args:
+            new_num_embeddings: the new vocabulary size.
+            new_base_rows: the base table's new rows, `(new - old, d)`; the mean of the old rows when `None`.
+        """
         old = self.num_embeddings
         keep = min(old, new_num_embeddings)
         extra = new_num_embeddings - keep
@@ -239,9 +291,15 @@ class MultiSourceEmbedding(nn.Module):
         def resized(tensor: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
             return torch.cat([tensor[:keep], fill.expand(extra, *tensor.shape[1:]).to(tensor.dtype)])
 
-        base_mean = self.weight[:old].float().mean(dim=0)
+        if new_base_rows is None:
+            new_base_rows = self.weight[:old].float().mean(dim=0)
+        elif tuple(new_base_rows.shape) != (extra, self.embedding_dim):
+            raise ValueError(
+                f"`new_base_rows` has shape {tuple(new_base_rows.shape)}; expected ({extra}, {self.embedding_dim})."
+            )
         self.weight = nn.Parameter(
-            resized(self.weight.data, base_mean), requires_grad=self.weight.requires_grad
+            resized(self.weight.data, new_base_rows.to(self.weight.device)),
+            requires_grad=self.weight.requires_grad,
         )
         for index, table in enumerate(self.source_tables):
             zeros = torch.zeros(table.shape[1], device=table.device)
@@ -252,6 +310,16 @@ class MultiSourceEmbedding(nn.Module):
         base_only[0] = True
         self.coverage = resized(self.coverage, base_only)
         self.num_embeddings = new_num_embeddings
+
+
+def _save_configs_fixed_weights(
+    module: MultiSourceEmbedding, state_dict: dict[str, torch.Tensor], prefix: str, local_metadata: Any
+) -> None:
+    """State-dict hook: the saved `mixer.fixed_weights` is the config's, the one value the model runs."""
+    key = f"{prefix}mixer.fixed_weights"
+    if key in state_dict:
+        saved = state_dict[key]
+        state_dict[key] = torch.tensor(_fixed_weights(module.config), dtype=saved.dtype, device=saved.device)
 
 
 class _FromBaseClass:
@@ -345,6 +413,11 @@ class EmbFusePreTrainedModel(PreTrainedModel):
         embedding = model.get_input_embeddings()
         if isinstance(embedding, MultiSourceEmbedding):
             embedding.apply_trainability(model.config)
+            buffer = embedding.mixer.fixed_weights
+            if not buffer.is_meta:
+                # The file's copy is ignored (the config owns the weights); show the config's in memory too.
+                with torch.no_grad():
+                    buffer.copy_(torch.tensor(_fixed_weights(embedding.config)))
         return loaded
 
     def __getattr__(self, name: str) -> Any:
@@ -389,7 +462,11 @@ class EmbFusePreTrainedModel(PreTrainedModel):
         pad_to_multiple_of: int | None = None,
         mean_resizing: bool = True,
     ) -> nn.Module:
-        """Resize the vocabulary. New rows are covered by the base table only; every source drops out there."""
+        """Resize the vocabulary. New rows are covered by the base table only; every source drops out there.
+
+        The base table's new rows are the mean of its old rows with `mean_resizing=True`, else initialised as
+        the base model initialises an embedding (`_init_weights`), as transformers does.
+        """
         embedding = self.embfuse_embedding
         if new_num_tokens is None and pad_to_multiple_of is None:
             return embedding
@@ -398,7 +475,17 @@ class EmbFusePreTrainedModel(PreTrainedModel):
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         output = self.get_output_embeddings()
         tied = output is not None and output.weight is embedding.weight
-        embedding.resize_rows(new_num_tokens)
+        new_base_rows = None
+        if not mean_resizing and new_num_tokens > embedding.num_embeddings:
+            fresh = nn.Embedding(
+                new_num_tokens - embedding.num_embeddings,
+                embedding.embedding_dim,
+                device=embedding.weight.device,
+                dtype=embedding.weight.dtype,
+            )
+            self.base_model._init_weights(fresh)
+            new_base_rows = fresh.weight.data
+        embedding.resize_rows(new_num_tokens, new_base_rows)
         if output is not None and not tied:
             self.set_output_embeddings(
                 self.base_model._get_resized_lm_head(output, new_num_tokens, mean_resizing=mean_resizing)

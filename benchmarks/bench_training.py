@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 import hf_embfuse  # noqa: E402
 from hf_embfuse import SourceSpec  # noqa: E402
-from hf_embfuse.bake import bake  # noqa: E402
+from hf_embfuse.baking import bake  # noqa: E402
 
 BATCH, LENGTH = 16, 64
 # (width, projection, coverage): transported (identity), SmolLM2-like, GloVe-like.

@@ -42,12 +42,12 @@ def _register() -> None:
 
 _register()
 
-# Public name -> (submodule, attribute); attribute None means the submodule itself. `bake` is the
-# submodule: it is callable (`hf_embfuse.bake(model)`, see `hf_embfuse.bake`), so the name means the same
-# whether it is reached through here or set by Python when anything imports `hf_embfuse.bake`.
+# Public name -> (submodule, attribute); attribute None means the submodule itself. No submodule shares a
+# public function's name (`bake` lives in `baking`): importing a submodule sets the package attribute of its
+# name, which would replace the function.
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "bake": ("bake", None),
-    "bake_to_folder": ("bake", "bake_to_folder"),
+    "bake": ("baking", "bake"),
+    "bake_to_folder": ("baking", "bake_to_folder"),
     "load_embfuse_folder": ("checkpoint_folder", "load_embfuse_folder"),
     "SourceSpec": ("wrap", "SourceSpec"),
     "from_base": ("wrap", "from_base"),
@@ -60,9 +60,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 
 if TYPE_CHECKING:
-    from . import bake
     from .alignment import align_source
-    from .bake import bake_to_folder
+    from .baking import bake, bake_to_folder
     from .build import FuseResult, fuse
     from .checkpoint_folder import load_embfuse_folder
     from .hub import push_to_hub

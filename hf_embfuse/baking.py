@@ -4,6 +4,10 @@ Every mixing mode's weights depend on the token id only (`gated` scores each tok
 vectors), so the whole mixture is one `V × d` matrix, `MultiSourceEmbedding.fused_weight()`. Written
 into the base model's embedding, it gives a checkpoint that loads with any transformers installation,
 without `trust_remote_code`, and runs exactly as fast as the base model.
+
+`bake(model)` works on a loaded model. `bake_to_folder(folder, out)` never loads the body: it reads the
+fused embedding's tensors alone and byte-copies every other tensor (`checkpoint_stream`), so it bakes a 70B
+checkpoint in the memory its vocabulary tables need. Use the folder form for anything large.
 """
 
 from __future__ import annotations
@@ -13,17 +17,25 @@ import json
 import logging
 import os
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from .atomic import OutputExistsError, atomic_output_dir
-from .checkpoint_folder import TOKENIZER_FILES, load_embfuse_folder, read_checkpoint_config
-from .modeling_embfuse import task_of
+from .checkpoint_folder import TOKENIZER_FILES, checkpoint_task, load_embfuse_folder, read_checkpoint_config
+from .checkpoint_stream import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    StoredTensor,
+    load_stored,
+    stored_tensors,
+    write_checkpoint,
+)
+from .configuration_embfuse import EmbFuseConfig
+from .modeling_embfuse import MultiSourceEmbedding, task_of
 from .sentence_transformers import copy_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
@@ -72,24 +84,9 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
     output = model.get_output_embeddings()
     head_is_tied = output is not None and output.weight is embedding.weight
 
-    base_config = copy.deepcopy(config.base_config)
-    if hasattr(base_config, "auto_map"):
-        del base_config.auto_map  # a plain checkpoint names no remote code
-    if head_is_tied:
-        base_config.tie_word_embeddings = False
-        base_config.get_text_config(decoder=True).tie_word_embeddings = False
-    if getattr(base_config, "id2label", None) is not None and len(config.id2label) == len(
-        base_config.id2label
-    ):
-        # Users and pipelines edit the top-level labels; the head's size is the base config's.
-        base_config.id2label, base_config.label2id = dict(config.id2label), dict(config.label2id)
+    base_config = _plain_config(config, untie=head_is_tied)
 
-    from accelerate import init_empty_weights
-
-    # Parameters on the meta device (nothing initialised twice), buffers real: non-persistent buffers
-    # such as rotary frequencies are not in the state dict and must be built here.
-    with init_empty_weights(include_buffers=False):
-        baked = auto_class.from_config(base_config)
+    baked = _empty_model(auto_class, base_config)
     scale = getattr(baked.get_input_embeddings(), "embed_scale", None)
     fused = embedding.fused_weight().float()
     if scale is not None:
@@ -132,6 +129,34 @@ def bake(model: PreTrainedModel) -> PreTrainedModel:
     return baked.train(model.training)
 
 
+def _plain_config(config: EmbFuseConfig, *, untie: bool) -> PretrainedConfig:
+    """The baked model's config: the base config, with no remote code, the head untied if asked, the labels."""
+    base_config = copy.deepcopy(config.base_config)
+    if hasattr(base_config, "auto_map"):
+        del base_config.auto_map  # a plain checkpoint names no remote code
+    if untie:
+        base_config.tie_word_embeddings = False
+        base_config.get_text_config(decoder=True).tie_word_embeddings = False
+    if getattr(base_config, "id2label", None) is not None and len(config.id2label) == len(
+        base_config.id2label
+    ):
+        # Users and pipelines edit the top-level labels; the head's size is the base config's.
+        base_config.id2label, base_config.label2id = dict(config.id2label), dict(config.label2id)
+    return base_config
+
+
+def _empty_model(auto_class: type, config: PretrainedConfig) -> PreTrainedModel:
+    """The plain model with parameters on the meta device (nothing initialised) and buffers real.
+
+    Non-persistent buffers such as rotary frequencies or Gemma's `embed_scale` are not in any state dict
+    and must be built here.
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return auto_class.from_config(config)
+
+
 def bake_to_folder(
     src_dir_or_model: str | os.PathLike | PreTrainedModel,
     out_dir: str | os.PathLike,
@@ -144,6 +169,10 @@ def bake_to_folder(
     of the source folder if it has any; no `.py` files and no `auto_map`, so
     `AutoModelFor*.from_pretrained(out_dir)` loads it without `trust_remote_code`. It is written into a
     temporary folder beside `out_dir` and renamed into place when complete: on any error nothing is left.
+
+    A safetensors folder is baked without loading its body (`write_baked_checkpoint`): peak memory is about
+    the embedding's tables plus the fused matrix, whatever the model's size. A model in memory is baked with
+    `bake` and saved; a folder of pickled weights is loaded whole.
 
     Args:
         src_dir_or_model: an EmbFuse checkpoint folder, or an EmbFuse model in memory.
@@ -174,24 +203,147 @@ def bake_to_folder(
     if out_dir.exists() and not overwrite:
         # Checked before the (possibly long) load and bake; atomic_output_dir checks again.
         raise OutputExistsError(out_dir)
-    model = (
-        load_embfuse_folder(source_folder, _NOT_EMBFUSE_HINT)
-        if source_folder is not None
-        else src_dir_or_model
-    )
-    baked = bake(model)
+    if source_folder is None:
+        baked = bake(src_dir_or_model)
+        with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+            baked.save_pretrained(staging)
+            _check_plain_checkpoint(staging)
+        return out_dir
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
-        baked.save_pretrained(staging)
-        if source_folder is not None:
-            for name in TOKENIZER_FILES:
-                if (source_folder / name).is_file():
-                    shutil.copy2(source_folder / name, staging / name)
-            copy_sentence_transformers_files(source_folder, staging)  # pooling, normalize, prompts
+        if _has_safetensors(source_folder):
+            write_baked_checkpoint(source_folder, staging)
+        else:  # pickled weights cannot be read tensor by tensor: load the model whole
+            bake(load_embfuse_folder(source_folder, _NOT_EMBFUSE_HINT)).save_pretrained(staging)
+        for name in TOKENIZER_FILES:
+            if (source_folder / name).is_file():
+                shutil.copy2(source_folder / name, staging / name)
+        copy_sentence_transformers_files(source_folder, staging)  # pooling, normalize, prompts
         _check_plain_checkpoint(staging)
-    logger.debug(
-        "Baked %s into %s (%s)", source_folder or type(model).__name__, out_dir, type(baked).__name__
-    )
+    logger.debug("Baked %s into %s", source_folder, out_dir)
     return out_dir
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+
+
+@torch.no_grad()
+def write_baked_checkpoint(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Bake a checked EmbFuse safetensors folder into `out_dir` without loading its body.
+
+    Only the fused embedding's tensors are read. The body's tensors are byte copies under their base
+    names (the wrapper's `<prefix>.` stripped), so they keep their bytes and dtype; the fused matrix is
+    computed in row chunks in float32 and stored in the base table's dtype. Memory grows with the
+    vocabulary tables, never with the body. Writes the weights, `config.json` and, for a model that
+    generates, `generation_config.json`; the caller copies the tokenizer.
+
+    Returns:
+        The weights files written.
+
+    Raises:
+        ValueError: the checkpoint's tensor names are not its base architecture's.
+    """
+    folder, out_dir = Path(folder), Path(out_dir)
+    config_dict = json.loads((folder / "config.json").read_text())
+    config = EmbFuseConfig.from_dict(config_dict)
+    # The plain model on the meta device, tied as the fused one is: its names, its head, its embed_scale.
+    probe = _empty_model(checkpoint_task(folder, config_dict).auto_class, config.base_config)
+    probe.tie_weights()  # empty weights are not tied on construction
+    embedding, head = probe.get_input_embeddings(), probe.get_output_embeddings()
+    head_is_tied = head is not None and head.weight is embedding.weight
+    embedding_path, wrapped = _module_path(probe, embedding), f"{type(probe).base_model_prefix}."
+    fused_prefix = f"{wrapped}{embedding_path}."
+
+    stored, body, parts = stored_tensors(folder), {}, {}
+    for key, tensor in stored.items():
+        if key.startswith(fused_prefix):
+            parts[key[len(fused_prefix) :]] = tensor
+        else:
+            body[key.removeprefix(wrapped) if key.startswith(wrapped) else key] = tensor
+    for part in [part for part in parts if part != "weight" and not part.startswith(_FUSED_PARTS)]:
+        body[f"{embedding_path}.{part}"] = parts.pop(part)
+    weight_key = f"{embedding_path}.weight"
+    if "weight" not in parts:
+        raise ValueError(
+            f"{str(folder)!r} has no tensor {fused_prefix}weight (the base table); it is damaged."
+        )
+    if head_is_tied:
+        # The fused model's head is the base table (source 0), not the mixture: the baked head keeps it.
+        body[f"{_module_path(probe, head)}.weight"] = parts["weight"]
+    _add_tied_copies(probe, body, exclude=weight_key)
+    expected = set(probe.state_dict())
+    missing, unexpected = sorted(expected - set(body) - {weight_key}), sorted(set(body) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"Cannot bake {str(folder)!r} into {type(probe).__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. The checkpoint's tensor names must be `{wrapped}` + its base model's."
+        )
+
+    scale = getattr(embedding, "embed_scale", None)
+    fused = _fused_table(config, {part: load_stored(tensor) for part, tensor in parts.items()}, scale)
+    written = write_checkpoint(out_dir, body, {weight_key: fused})
+
+    plain_config = _plain_config(config, untie=head_is_tied)
+    plain_config.architectures = [type(probe).__name__]
+    plain_config.dtype = fused.dtype
+    plain_config.save_pretrained(out_dir)
+    if probe.can_generate():
+        generation_file = folder / GENERATION_CONFIG_NAME
+        generation = (
+            GenerationConfig.from_pretrained(folder)
+            if generation_file.is_file()
+            else GenerationConfig.from_model_config(plain_config)
+        )
+        generation.save_pretrained(out_dir)
+    return written
+
+
+def _module_path(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def _add_tied_copies(model: nn.Module, body: dict[str, StoredTensor], exclude: str) -> None:
+    """Give every tensor the plain model ties to a stored one (e.g. an MLM decoder bias) that stored copy.
+
+    `save_pretrained` leaves tied duplicates out; once the head is untied, a duplicate the loader no
+    longer ties would otherwise load uninitialised.
+    """
+    groups: dict[int, list[str]] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        groups.setdefault(id(tensor), []).append(name)
+    for names in groups.values():
+        present = [name for name in names if name in body]
+        for name in names:
+            if present and name not in body and name != exclude:
+                body[name] = body[present[0]]
+
+
+def _fused_table(
+    config: EmbFuseConfig, state: dict[str, torch.Tensor], scale: torch.Tensor | None
+) -> torch.Tensor:
+    """The fused `(V, d)` matrix in the base table's dtype, computed in float32 a block of rows at a time.
+
+    The shipped `MultiSourceEmbedding` computes it (the same `mix` its `fused_weight` runs), built on the
+    meta device and given the stored tensors, so no table is allocated twice.
+    """
+    base = state["weight"]
+    num_rows, width = base.shape
+    with torch.device("meta"):
+        embedding = MultiSourceEmbedding(config, num_rows, width)
+    embedding.load_state_dict(state, strict=True, assign=True)
+    fused = torch.empty(num_rows, width, dtype=base.dtype)
+    # (rows, sources, width) float32 vectors per block: about 32 MB whatever the width.
+    block = max(1, (8 << 20) // (embedding.num_sources * width))
+    for start in range(0, num_rows, block):
+        vectors = embedding.mix(torch.arange(start, min(start + block, num_rows)))[0]
+        if scale is not None:
+            # The base's embedding module multiplies its table by `embed_scale` (Gemma); the mixture has it.
+            vectors = vectors / float(scale)
+        fused[start : start + len(vectors)] = vectors.to(base.dtype)
+    return fused
 
 
 def _check_plain_checkpoint(folder: Path) -> None:
@@ -200,28 +352,8 @@ def _check_plain_checkpoint(folder: Path) -> None:
     if code_files or "auto_map" in config or config.get("model_type") == "embfuse":
         raise RuntimeError(
             f"Baking produced a checkpoint that needs remote code (code files {code_files}, auto_map "
-            f"{config.get('auto_map')}); this is a bug in hf_embfuse.bake."
+            f"{config.get('auto_map')}); this is a bug in hf_embfuse.baking."
         )
 
 
 __all__ = ["bake", "bake_to_folder"]
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as its `bake` function.
-
-    `hf_embfuse.bake` has to be two things: the function (`hf_embfuse.bake(model)`, the public API) and
-    this submodule (`from hf_embfuse.bake import bake_to_folder`, `hf_embfuse.bake.bake_to_folder`). Python
-    sets the package attribute `bake` to the submodule whenever anything imports it, so a function of
-    that name would be replaced by the module depending on import order. Making the module callable
-    (the module-`__class__` assignment documented for customising module attribute access) gives one
-    object that is both, whatever the order.
-    """
-
-    def __call__(self, model: PreTrainedModel) -> PreTrainedModel:
-        return bake(model)
-
-    __call__.__doc__ = bake.__doc__
-
-
-sys.modules[__name__].__class__ = _CallableModule

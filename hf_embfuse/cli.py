@@ -104,7 +104,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _bake(args: argparse.Namespace) -> int:
-    from .bake import bake_to_folder
+    from .baking import bake_to_folder
 
     out = bake_to_folder(args.folder, args.out, overwrite=args.overwrite)
     print(f"wrote {out}: a plain checkpoint of the base architecture; loads without trust_remote_code")

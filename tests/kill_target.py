@@ -23,7 +23,7 @@ import sys
 import safetensors.torch
 import transformers
 
-import hf_embfuse.bake
+import hf_embfuse.baking
 import hf_embfuse.build
 import hf_embfuse.cli
 

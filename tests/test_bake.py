@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from transformers import (
 
 import hf_embfuse
 from hf_embfuse.atomic import OutputExistsError
-from hf_embfuse.bake import bake, bake_to_folder
+from hf_embfuse.baking import bake, bake_to_folder
+from hf_embfuse.checkpoint_stream import load_stored, stored_tensors
 from hf_embfuse.cli import main
 from hf_embfuse.training import embfuse_lora_config
 from tests.fixtures_models import VOCAB, random_sources, tiny_base, tiny_fused
@@ -286,9 +288,96 @@ def test_bake_command(tmp_path, capsys):
 
 def test_top_level_bake_stays_callable_after_the_submodule_is_imported():
     import importlib
+    import types
 
-    module = importlib.import_module("hf_embfuse.bake")  # as the CLI does
-    assert hf_embfuse.bake is module and callable(hf_embfuse.bake)
-    assert hf_embfuse.bake.bake_to_folder is bake_to_folder
+    module = importlib.import_module("hf_embfuse.baking")  # as the CLI does
+    assert isinstance(hf_embfuse.bake, types.FunctionType) and hf_embfuse.bake is module.bake
+    assert type(module) is types.ModuleType and not callable(module)
+    assert hf_embfuse.bake_to_folder is bake_to_folder
     baked = hf_embfuse.bake(tiny_fused("bert"))
     assert type(baked).__name__ == "BertModel"
+
+
+def _stored_equal(left, right) -> bool:
+    return (
+        left.dtype == right.dtype
+        and left.shape == right.shape
+        and torch.equal(load_stored(left), load_stored(right))
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "task", "dtype"),
+    [
+        ("llama", "causal-lm", torch.bfloat16),
+        ("gpt2", "causal-lm", torch.float32),
+        ("bert", "masked-lm", torch.float32),
+    ],
+)
+def test_baked_body_is_the_fused_folders_bytes(tmp_path, arch, task, dtype):
+    fused = mixed(tiny_fused(arch, task, mixing="gated")).to(dtype)
+    fused.save_pretrained(tmp_path / "fused", max_shard_size="30KB")  # sharded, with an index
+    bake_to_folder(tmp_path / "fused", tmp_path / "baked")
+
+    source, baked = stored_tensors(tmp_path / "fused"), stored_tensors(tmp_path / "baked")
+    prefix = f"{fused.base_model_prefix}."
+    inner = fused.base_model
+    table_key = next(k for k, v in inner.named_parameters() if v is inner.get_input_embeddings().weight)
+    head = inner.get_output_embeddings()
+    head_key = next((f"{name}.weight" for name, module in inner.named_modules() if module is head), None)
+    tied = head is not None and head.weight is inner.get_input_embeddings().weight
+    body = [key for key in baked if key not in (table_key, head_key if tied else None)]
+    assert body and set(baked) <= set(inner.state_dict())  # the base model's names, no fused parts
+    for key in body:
+        original = source.get(prefix + key)
+        if original is None:  # a tied duplicate save_pretrained left out (the MLM decoder's bias)
+            assert key == "cls.predictions.decoder.bias"
+            original = source[prefix + "cls.predictions.bias"]
+        assert _stored_equal(baked[key], original), key
+    weight = load_stored(baked[table_key.removesuffix(".weight") + ".weight"])
+    assert weight.dtype == dtype
+    assert torch.equal(weight, fused.get_input_embeddings().fused_weight().to(dtype))
+    if tied:
+        assert _stored_equal(baked[head_key], source[prefix + table_key])
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "baked") if task == "causal-lm" else None
+    if loaded is not None:
+        assert loaded.dtype == dtype
+
+
+def test_baking_a_large_body_holds_far_less_than_it(tmp_path):
+    from transformers import LlamaConfig
+
+    from tests.memory_ceiling import peak_rise
+
+    # 4 layers at hidden 1024 and intermediate 4096 in float32: a 250 MB body under a 97-row vocabulary.
+    # (tests/test_checkpoint_stream.py shows that the same measure sees a body that is loaded.)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    )
+    torch.manual_seed(0)
+    big = hf_embfuse.from_base(AutoModelForCausalLM.from_config(config), random_sources(VOCAB, (16, 64)))
+    body_bytes = sum(
+        t.numel() * t.element_size() for k, t in big.state_dict().items() if "embed_tokens" not in k
+    )
+    big.save_pretrained(tmp_path / "big")
+    del big
+    tiny_fused("llama", "causal-lm").save_pretrained(tmp_path / "tiny")
+    # The warm-up bake imports and builds everything the measured one uses, so only the work counts.
+    setup = (
+        "from hf_embfuse.baking import bake_to_folder\n"
+        f"bake_to_folder({str(tmp_path / 'tiny')!r}, {str(tmp_path / 'warm')!r}, overwrite=True)\n"
+    )
+    try:
+        rise = peak_rise(f"bake_to_folder({str(tmp_path / 'big')!r}, {str(tmp_path / 'baked')!r})", setup)
+        assert rise < body_bytes / 3, (
+            f"peak rose {rise / 2**20:.0f} MiB for a {body_bytes / 2**20:.0f} MiB body"
+        )
+        baked = stored_tensors(tmp_path / "baked")
+        assert baked["model.layers.3.mlp.down_proj.weight"].nbytes == 4096 * 1024 * 4
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The package's public names: one lazy-import table, `dir()`, and `hf_embfuse.bake` as function and module."""
+"""The package's public names: one lazy-import table, `dir()`, and `hf_embfuse.bake` a plain function."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import pytest
 import hf_embfuse
 
 # Modules that `import hf_embfuse` must not load: they belong to building, training and publishing.
-HEAVY = ("peft", "pydantic", "hf_embfuse.bake", "hf_embfuse.build", "hf_embfuse.recipe", "hf_embfuse.sources")
+HEAVY = (
+    "peft",
+    "pydantic",
+    "hf_embfuse.baking",
+    "hf_embfuse.build",
+    "hf_embfuse.recipe",
+    "hf_embfuse.sources",
+)
+
 
 def test_import_is_light_and_dir_lists_every_public_name(fresh_import_report):
     report = fresh_import_report  # one fresh interpreter, shared with the other import-laziness tests
@@ -32,15 +40,18 @@ def test_unknown_names_raise_attribute_error():
         raise AssertionError("hf_embfuse.no_such_name resolved")
 
 
-def test_bake_is_the_function_and_the_module():
-    from hf_embfuse.bake import bake_to_folder
+def test_bake_is_a_plain_function_whatever_is_imported():
+    import types
+
+    from hf_embfuse.baking import bake, bake_to_folder
     from tests.fixtures_models import tiny_fused
 
-    assert hf_embfuse.bake is sys.modules["hf_embfuse.bake"]
-    assert hf_embfuse.bake.bake_to_folder is bake_to_folder is hf_embfuse.bake_to_folder
+    assert isinstance(hf_embfuse.bake, types.FunctionType) and hf_embfuse.bake is bake
+    assert hf_embfuse.bake_to_folder is bake_to_folder
+    assert type(sys.modules["hf_embfuse.baking"]) is types.ModuleType  # no module-class swap
     baked = hf_embfuse.bake(tiny_fused("bert"))
     assert type(baked).__name__ == "BertModel"
-    assert "Raises:" in hf_embfuse.bake.__call__.__doc__
+    assert "Raises:" in hf_embfuse.bake.__doc__
 
 
 def test_test_infrastructure_is_not_in_the_package():
@@ -57,6 +68,7 @@ def test_test_infrastructure_is_not_in_the_package():
 
 # --------------------------------------------------------------------------- one task table
 
+
 def test_recipe_tasks_come_from_the_task_table(monkeypatch):
     import importlib
     from typing import get_args
@@ -68,18 +80,22 @@ def test_recipe_tasks_come_from_the_task_table(monkeypatch):
     assert get_args(Recipe.model_fields["task"].annotation) == tuple(task.name for task in m.TASKS)
     # A task added to the one table is a recipe task at once: nothing else lists the names. The recipe module
     # reads the table when it is imported, so import it afresh; monkeypatch puts the original module back.
-    new_task = m.EmbFuseTask("new-task", "EmbFuseModel", m.AutoModel, "feature-extraction", "FEATURE_EXTRACTION")
+    new_task = m.EmbFuseTask(
+        "new-task", "EmbFuseModel", m.AutoModel, "feature-extraction", "FEATURE_EXTRACTION"
+    )
     monkeypatch.setattr(m, "TASKS", (*m.TASKS, new_task))
     monkeypatch.setattr(hf_embfuse, "recipe", hf_embfuse.recipe)
     monkeypatch.delitem(sys.modules, "hf_embfuse.recipe")
     fresh = importlib.import_module("hf_embfuse.recipe")
-    assert fresh.parse_recipe({"base": "b", "task": "new-task", "sources": [{"path": "s"}]}).task == "new-task"
+    assert (
+        fresh.parse_recipe({"base": "b", "task": "new-task", "sources": [{"path": "s"}]}).task == "new-task"
+    )
 
 
 def test_a_folder_naming_an_unknown_wrapper_lists_the_tables_wrappers(tmp_path):
     import pytest
 
-    from hf_embfuse.bake import bake_to_folder
+    from hf_embfuse.baking import bake_to_folder
     from hf_embfuse.modeling_embfuse import TASKS
     from tests.fixtures_models import tiny_fused
 
@@ -96,7 +112,7 @@ def test_argparse_lives_in_the_cli(capsys):
     import importlib.util
     from pathlib import Path
 
-    for module in ("hf_embfuse.bake", "hf_embfuse.evaluation.command"):
+    for module in ("hf_embfuse.baking", "hf_embfuse.evaluation.command"):
         source = Path(importlib.util.find_spec(module).origin).read_text()
         assert "argparse" not in source and "add_command" not in source, module
     from hf_embfuse.cli import main

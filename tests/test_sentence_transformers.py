@@ -9,7 +9,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
-from hf_embfuse.bake import bake_to_folder
+from hf_embfuse.baking import bake_to_folder
 from hf_embfuse.build import build_to_folder, fuse
 from hf_embfuse.recipe import Recipe
 from tests.fixtures_models import tiny_base

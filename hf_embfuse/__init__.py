@@ -2,7 +2,8 @@
 
 Importing the package registers the `embfuse` model type with `AutoConfig` and every `AutoModel*`
 class the wrappers provide, and marks each wrapper for `register_for_auto_class`, so that
-`save_pretrained` writes the two code files and an `auto_map` naming every wrapper.
+`save_pretrained` writes the two code files and an `auto_map` naming every wrapper. (The `hf-embfuse`
+command registers after parsing its arguments, so that its help needs neither torch nor transformers.)
 
 Everything else (building, baking, publishing, ...) is imported on first use through one table,
 `_LAZY`, so `import hf_embfuse` costs only torch, transformers and the shipped modeling file.
@@ -11,26 +12,20 @@ Everything else (building, baking, publishing, ...) is imported on first use thr
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from transformers import AutoConfig
-
-from . import modeling_embfuse
-from .configuration_embfuse import FORMAT_VERSION, EmbFuseConfig
-from .modeling_embfuse import (
-    EmbFuseForCausalLM,
-    EmbFuseForMaskedLM,
-    EmbFuseForSequenceClassification,
-    EmbFuseForTokenClassification,
-    EmbFuseModel,
-    EmbFusePreTrainedModel,
-    MultiSourceEmbedding,
-)
 
 __version__ = "0.1.0"
 
 
 def _register() -> None:
+    """Register the `embfuse` type and every wrapper with transformers' Auto classes (idempotent)."""
+    from transformers import AutoConfig
+
+    from . import modeling_embfuse
+    from .configuration_embfuse import EmbFuseConfig
+
     AutoConfig.register(EmbFuseConfig.model_type, EmbFuseConfig, exist_ok=True)
     EmbFuseConfig.register_for_auto_class()
     # The task table lives in the shipped modeling file, which needs it to build models.
@@ -40,12 +35,41 @@ def _register() -> None:
         model_class.register_for_auto_class(task.auto_class.__name__)
 
 
-_register()
+# The `hf-embfuse` command parses its arguments before it imports torch (`--help` answers at once) and
+# registers once a command runs; every other import registers now.
+if Path((getattr(sys, "argv", None) or [""])[0]).stem != "hf-embfuse":
+    from .configuration_embfuse import FORMAT_VERSION, EmbFuseConfig
+    from .modeling_embfuse import (
+        EmbFuseForCausalLM,
+        EmbFuseForMaskedLM,
+        EmbFuseForSequenceClassification,
+        EmbFuseForTokenClassification,
+        EmbFuseModel,
+        EmbFusePreTrainedModel,
+        MultiSourceEmbedding,
+    )
+
+    _register()
 
 # Public name -> (submodule, attribute); attribute None means the submodule itself. No submodule shares a
 # public function's name (`bake` lives in `baking`): importing a submodule sets the package attribute of its
 # name, which would replace the function.
 _LAZY: dict[str, tuple[str, str | None]] = {
+    # Imported above, except in the `hf-embfuse` command.
+    "FORMAT_VERSION": ("configuration_embfuse", "FORMAT_VERSION"),
+    "EmbFuseConfig": ("configuration_embfuse", "EmbFuseConfig"),
+    **{
+        name: ("modeling_embfuse", name)
+        for name in (
+            "EmbFuseForCausalLM",
+            "EmbFuseForMaskedLM",
+            "EmbFuseForSequenceClassification",
+            "EmbFuseForTokenClassification",
+            "EmbFuseModel",
+            "EmbFusePreTrainedModel",
+            "MultiSourceEmbedding",
+        )
+    },
     "bake": ("baking", "bake"),
     "bake_to_folder": ("baking", "bake_to_folder"),
     "load_embfuse_folder": ("checkpoint_folder", "load_embfuse_folder"),

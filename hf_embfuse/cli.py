@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_eval_command(commands)
     _add_push_command(commands)
     args = parser.parse_args(argv)
+    # torch and transformers load only now, after the arguments are read: `--help` answers at once.
+    from . import _register
+
+    _register()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.run(args) or 0
@@ -240,7 +244,12 @@ def _eval_wordsim(args: argparse.Namespace) -> dict:
 
 def _eval_text(args: argparse.Namespace) -> dict:
     from .evaluation.bits_per_byte import read_text_lines
-    from .evaluation.text_command import evaluate_text, format_text_report, load_causal_lm
+    from .evaluation.text_command import (
+        evaluate_text,
+        format_text_report,
+        load_causal_lm,
+        recorded_added_tokens,
+    )
 
     if args.max_lines is not None and args.max_lines < 1:
         raise ValueError(f"--max-lines must be at least 1, got {args.max_lines}")
@@ -253,6 +262,7 @@ def _eval_text(args: argparse.Namespace) -> dict:
         lines,
         reference=reference,
         start_token=args.start_token,
+        added_tokens=recorded_added_tokens(args.folder),
         show_progress=not args.no_progress,
     )
     print(format_text_report(report, str(args.folder), args.reference))

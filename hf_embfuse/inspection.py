@@ -40,11 +40,33 @@ def describe_checkpoint(folder: Path) -> dict[str, Any]:
         "architectures": config.architectures,
         "base": config.base_model_name_or_path,
         "base_model_type": config.base_config.model_type,
+        "vocabulary": describe_vocabulary(config),
         "mixing": config.mixing,
         "format_version": config.format_version,
         "sources": sources,
         "content_hash": content_hash(folder),
     }
+
+
+def describe_vocabulary(config: EmbFuseConfig) -> dict[str, Any]:
+    """The model's vocabulary and where it came from, from the build's record in the base source's entry.
+
+    `tokenizer` is what the build was given as the target (a folder, a Hub id, a GGUF file, `source:N (name)`),
+    or `"base"` for the base model's own; `added_tokens` are the tokens the build added to it.
+    """
+    base_entry = config.sources[0] if config.sources else {}
+    target = base_entry.get("target") or {}
+    added = (target.get("added_tokens") or {}).get("added") or []
+    size = target.get("size") or getattr(config.base_config.get_text_config(), "vocab_size", None)
+    return {"tokenizer": target.get("tokenizer", "base"), "size": size, "added_tokens": list(added)}
+
+
+def _vocabulary_line(vocabulary: dict[str, Any]) -> str:
+    size = "?" if vocabulary["size"] is None else f"{vocabulary['size']:,}"
+    added = f" + {len(vocabulary['added_tokens'])} added tokens" if vocabulary["added_tokens"] else ""
+    if vocabulary["tokenizer"] == "base":
+        return f"vocabulary: the base model's own{added} ({size} tokens)"
+    return f"vocabulary: {vocabulary['tokenizer']}{added} ({size} tokens), transferred onto the base model"
 
 
 def format_description(description: dict[str, Any]) -> str:
@@ -53,8 +75,10 @@ def format_description(description: dict[str, Any]) -> str:
         f"{description['folder']}: {', '.join(description['architectures'] or ['?'])} over "
         f"{description['base']} ({description['base_model_type']}), mixing={description['mixing']}, "
         f"format v{description['format_version']}",
-        "",
     ]
+    if "vocabulary" in description:
+        lines.append(_vocabulary_line(description["vocabulary"]))
+    lines.append("")
     header = ("#", "source", "kind", "width", "initialization", "coverage", "mean weight")
     rows = [header]
     for s in description["sources"]:

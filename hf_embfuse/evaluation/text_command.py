@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,26 @@ def _is_causal_lm(folder: Path) -> bool:
     return not architectures or any(name.endswith(_CAUSAL_SUFFIXES) for name in architectures)
 
 
+def recorded_added_tokens(folder: str | Path) -> list[str] | None:
+    """The tokens the build added to the vocabulary, as its config records them; `None` without a record.
+
+    A transplanted tokenizer brings its own added tokens (Gemma's newline runs, ...): only the build's
+    record (`added_tokens` of the target in the base source's entry) says which ones the user added.
+    """
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the checkpoint check reports a bad config.json
+    sources = config.get("sources") if isinstance(config, dict) else None
+    if not sources or not isinstance(sources[0], dict) or "target" not in sources[0]:
+        return None
+    added = (sources[0]["target"] or {}).get("added_tokens") or {}
+    return list(added.get("added") or [])
+
+
 def evaluate_text(
     model: Any,
     tokenizer: Any,
@@ -85,13 +106,15 @@ def evaluate_text(
     *,
     reference: tuple[Any, Any] | None = None,
     start_token: str | None = None,
+    added_tokens: list[str] | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Bits per byte of `model` (and of `reference`, a `(model, tokenizer)` pair) on `lines`, as a report.
 
-    The report also holds the lines that contain the tokenizer's added (non-special) tokens, with
-    the loss there, when it has any. `start_token` (a token of `tokenizer`) overrides the start rule for
-    `model`; the reference keeps its own.
+    The report also holds the lines that contain added tokens, with the loss there, when there are any:
+    `added_tokens` (the build's record, `recorded_added_tokens`), else the tokenizer's added non-special
+    tokens. `start_token` (a token of `tokenizer`) overrides the start rule for `model`; the reference
+    keeps its own.
     """
     start = None
     if start_token is not None:
@@ -105,7 +128,11 @@ def evaluate_text(
         reference_score = score_lines(*reference, lines, show_progress=show_progress)
         report["reference"] = reference_score.to_dict()
         report["ratio"] = score.bits_per_byte / reference_score.bits_per_byte
-    added = added_token_ids(tokenizer)
+    if added_tokens is None:
+        added = added_token_ids(tokenizer)
+    else:
+        vocabulary = tokenizer.get_vocab()
+        added = sorted({vocabulary[token] for token in added_tokens if token in vocabulary})
     if added:
         keep = score.lines_containing(added)
         entry: dict[str, Any] = {"added_tokens": len(added), "lines": int(keep.sum())}

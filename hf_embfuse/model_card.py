@@ -60,8 +60,8 @@ def build_model_card(
             it with `SentenceTransformer`. By default: whether `folder` holds `modules.json`.
 
     The base and the sources are named by their Hub id when one is known (a source's `hub_id` or `repo_id`, the
-    base's `base_model_name_or_path` or `_name_or_path`), else by their folder or file name: a card never shows a
-    local path.
+    base's `base_model_name_or_path`, else its config's `_name_or_path`), else by their folder or file name: a card
+    never shows a local path, nor the id a local base folder's config carried from another model.
 
     Returns:
         `huggingface_hub.ModelCard`: save it with `card.save(folder / "README.md")`.
@@ -80,7 +80,12 @@ def build_model_card(
             sentence_transformers = (Path(folder) / MODULES_FILE).is_file()
     sources = [dict(source) for source in config_dict.get("sources") or []]
     base_config = config_dict.get("base_config") or {}
-    base_refs = (base_model_id, config_dict.get("base_model_name_or_path"), base_config.get("_name_or_path"))
+    # The build's name for the base (the model the user gave) wins over the nested config's `_name_or_path`,
+    # which may be a stale id a local folder carried.
+    base_refs = (
+        base_model_id,
+        config_dict.get("base_model_name_or_path") or base_config.get("_name_or_path"),
+    )
     base_hub_id = first_hub_id(*base_refs)
     base_name = base_hub_id or next(
         (local_name(ref) for ref in base_refs if isinstance(ref, str) and ref), None

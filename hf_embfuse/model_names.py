@@ -46,10 +46,33 @@ def local_name(name: str) -> str:
 
 
 def base_model_name(path_or_id: str | os.PathLike, hub_id_given: str | None = None) -> str:
-    """How a checkpoint names its base: the given Hub id; the path when it is a Hub id; the `_name_or_path` of a
-    local folder's config.json when that is a Hub id; else the folder's name."""
+    """How a checkpoint names its base: the model the user gave, by a Hub id only where one is known.
+
+    In order: `hub_id_given` (a recipe's `base_hub_id`); the path when it is a Hub id; the repository of a folder
+    in the Hub cache (`models--org--name/snapshots/...`); a local folder's `_name_or_path` when it names that
+    folder (its last part is the folder's name); else the folder's own name. A folder's `_name_or_path` that
+    names another model is never used: a fine-tuned or converted copy keeps its parent's id there.
+    """
     path = os.fspath(path_or_id)
-    return first_hub_id(hub_id_given, path, _config_name_or_path(path)) or local_name(path)
+    return first_hub_id(hub_id_given, path, _cached_repo_id(path), _own_name_or_path(path)) or local_name(
+        path
+    )
+
+
+def _cached_repo_id(path: str) -> str | None:
+    """`org/name` for a folder inside the Hub cache's `models--org--name` entry, else None."""
+    for part in reversed(Path(path).parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return "/".join(part[len("models--") :].split("--", 1))
+    return None
+
+
+def _own_name_or_path(path: str) -> str | None:
+    """A folder's `_name_or_path` when it names the folder itself (same last part), else None."""
+    name = _config_name_or_path(path)
+    if not isinstance(name, str) or not os.path.isdir(path):
+        return None
+    return name if name.rstrip("/").split("/")[-1] == Path(path).resolve().name else None
 
 
 def _config_name_or_path(path: str) -> str | None:

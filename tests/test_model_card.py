@@ -335,7 +335,7 @@ def test_a_card_never_contains_a_local_path(tmp_path):
 
 def test_hub_ids_come_from_the_recipe_then_the_base_config(tmp_path):
     config = example_config_dict()
-    config["base_model_name_or_path"] = str(tmp_path)  # a local folder whose config names its Hub id
+    config["base_model_name_or_path"] = None  # no name from the build: the base config's Hub id
     config["sources"][3]["hub_id"] = "stanfordnlp/glove"
     card = build_model_card(config)
     assert _metadata(card)["base_model"] == [BASE, SMOL, SMOL_GGUF, "stanfordnlp/glove"]
@@ -419,3 +419,28 @@ def test_demo_build_names_no_path_of_the_build_machine(tmp_path):
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert config["sources"][1]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert validate_card_metadata(texts["README.md"]) == ([], [])
+
+
+def test_a_local_base_is_named_by_its_folder_not_by_the_stale_id_its_config_carries(tmp_path):
+    from hf_embfuse.model_names import base_model_name
+
+    folder = tmp_path / "my-minilm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "_name_or_path": "someone/else"}))
+    name = base_model_name(folder)
+    assert name == "my-minilm"
+    assert base_model_name(folder, "org/my-minilm") == "org/my-minilm"  # the recipe's base_hub_id
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "_name_or_path": "org/my-minilm"}))
+    assert base_model_name(folder) == "org/my-minilm"  # it names this very folder
+    snapshot = tmp_path / "hub" / "models--org--tiny-bert" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    assert base_model_name(snapshot) == "org/tiny-bert"  # a folder of the Hub cache
+
+    config = example_config_dict()
+    config["sources"] = config["sources"][:1] + config["sources"][3:]  # base + local GloVe: no Hub source
+    config["base_model_name_or_path"] = name
+    config["base_config"]["_name_or_path"] = "someone/else"  # whatever the nested config carries
+    card = build_model_card(config)
+    metadata = _metadata(card)
+    assert "base_model" not in metadata and "base_model_relation" not in metadata
+    assert "based on `my-minilm`" in card.text and "someone/else" not in card.text

@@ -27,10 +27,12 @@ from transformers.utils import GENERATION_CONFIG_NAME
 from .atomic import OutputExistsError, atomic_output_dir
 from .checkpoint_folder import TOKENIZER_FILES, checkpoint_task, load_embfuse_folder, read_checkpoint_config
 from .checkpoint_stream import (
+    DTYPES,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     StoredTensor,
     load_stored,
+    load_stored_rows,
     stored_tensors,
     write_checkpoint,
 )
@@ -171,7 +173,7 @@ def bake_to_folder(
     temporary folder beside `out_dir` and renamed into place when complete: on any error nothing is left.
 
     A safetensors folder is baked without loading its body (`write_baked_checkpoint`): peak memory is about
-    the embedding's tables plus the fused matrix, whatever the model's size. A model in memory is baked with
+    the fused matrix, whatever the model's size. A model in memory is baked with
     `bake` and saved; a folder of pickled weights is loaded whole.
 
     Args:
@@ -233,8 +235,8 @@ def write_baked_checkpoint(folder: str | os.PathLike, out_dir: str | os.PathLike
 
     Only the fused embedding's tensors are read. The body's tensors are byte copies under their base
     names (the wrapper's `<prefix>.` stripped), so they keep their bytes and dtype; the fused matrix is
-    computed in row chunks in float32 and stored in the base table's dtype. Memory grows with the
-    vocabulary tables, never with the body. Writes the weights, `config.json` and, for a model that
+    computed in row blocks in float32 and stored in the base table's dtype. Memory is the fused matrix
+    plus one block of rows, never the body nor the source tables. Writes the weights, `config.json` and, for a model that
     generates, `generation_config.json`; the caller copies the tokenizer.
 
     Returns:
@@ -280,7 +282,7 @@ def write_baked_checkpoint(folder: str | os.PathLike, out_dir: str | os.PathLike
         )
 
     scale = getattr(embedding, "embed_scale", None)
-    fused = _fused_table(config, {part: load_stored(tensor) for part, tensor in parts.items()}, scale)
+    fused = _fused_table(config, parts, scale)
     written = write_checkpoint(out_dir, body, {weight_key: fused})
 
     plain_config = _plain_config(config, untie=head_is_tied)
@@ -322,28 +324,39 @@ def _add_tied_copies(model: nn.Module, body: dict[str, StoredTensor], exclude: s
 
 
 def _fused_table(
-    config: EmbFuseConfig, state: dict[str, torch.Tensor], scale: torch.Tensor | None
+    config: EmbFuseConfig, parts: dict[str, StoredTensor], scale: torch.Tensor | None
 ) -> torch.Tensor:
-    """The fused `(V, d)` matrix in the base table's dtype, computed in float32 a block of rows at a time.
+    """The fused `(V, d)` matrix in the base table's dtype, computed a block of rows at a time in float32.
 
-    The shipped `MultiSourceEmbedding` computes it (the same `mix` its `fused_weight` runs), built on the
-    meta device and given the stored tensors, so no table is allocated twice.
+    A token's fused vector depends on that token's rows alone (the module's forward relies on it too), so
+    each block is the shipped `MultiSourceEmbedding` built over the block's rows of the base table, the
+    source tables and the coverage (read alone from the file) and the shared projections and mixer; its
+    `fused_weight()` is the block of the whole matrix. Memory is the result plus one block, never the tables.
     """
-    base = state["weight"]
+    base = parts["weight"]
     num_rows, width = base.shape
-    with torch.device("meta"):
-        embedding = MultiSourceEmbedding(config, num_rows, width)
-    embedding.load_state_dict(state, strict=True, assign=True)
-    fused = torch.empty(num_rows, width, dtype=base.dtype)
+    shared = {name: load_stored(tensor) for name, tensor in parts.items() if not _is_row_indexed(name)}
+    fused = torch.empty(num_rows, width, dtype=DTYPES[base.dtype])
     # (rows, sources, width) float32 vectors per block: about 32 MB whatever the width.
-    block = max(1, (8 << 20) // (embedding.num_sources * width))
+    num_sources = 1 + sum(name.startswith("source_tables.") for name in parts)
+    block = max(1, (8 << 20) // (num_sources * width))
     for start in range(0, num_rows, block):
-        vectors = embedding.mix(torch.arange(start, min(start + block, num_rows)))[0]
+        stop = min(start + block, num_rows)
+        state = {name: load_stored_rows(t, start, stop) for name, t in parts.items() if _is_row_indexed(name)}
+        state["weight"] = state["weight"].float()  # so fused_weight() returns float32, rounded once below
+        with torch.device("meta"):
+            embedding = MultiSourceEmbedding(config, stop - start, width)
+        embedding.load_state_dict({**shared, **state}, strict=True, assign=True)
+        vectors = embedding.fused_weight(chunk_size=stop - start)
         if scale is not None:
             # The base's embedding module multiplies its table by `embed_scale` (Gemma); the mixture has it.
             vectors = vectors / float(scale)
-        fused[start : start + len(vectors)] = vectors.to(base.dtype)
+        fused[start:stop] = vectors.to(fused.dtype)
     return fused
+
+
+def _is_row_indexed(part: str) -> bool:
+    return part in ("weight", "coverage") or part.startswith("source_tables.")
 
 
 def _check_plain_checkpoint(folder: Path) -> None:

@@ -200,17 +200,37 @@ def load_stored(tensor: StoredTensor) -> torch.Tensor:
     Raises:
         ValueError: the dtype has no torch equivalent, or the file ends early.
     """
+    return _read(tensor, tensor.start, tensor.nbytes, tensor.shape)
+
+
+def load_stored_rows(tensor: StoredTensor, start: int, stop: int) -> torch.Tensor:
+    """Rows `start:stop` (along the first dimension) of a stored tensor, reading those rows' bytes alone.
+
+    Raises:
+        ValueError: the tensor is 0-d, the rows are out of range, the dtype has no torch equivalent, or the
+            file ends early.
+    """
+    if not tensor.shape or not 0 <= start <= stop <= tensor.shape[0]:
+        raise ValueError(
+            f"Rows {start}:{stop} are not rows of tensor {tensor.key!r} of shape {tensor.shape}."
+        )
+    row_bytes = tensor.nbytes // tensor.shape[0] if tensor.shape[0] else 0
+    shape = (stop - start, *tensor.shape[1:])
+    return _read(tensor, tensor.start + start * row_bytes, (stop - start) * row_bytes, shape)
+
+
+def _read(tensor: StoredTensor, offset: int, nbytes: int, shape: tuple[int, ...]) -> torch.Tensor:
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
         raise ValueError(
             f"{str(tensor.file)!r}: tensor {tensor.key!r} has dtype {tensor.dtype}, which torch cannot hold "
             f"(supported: {', '.join(DTYPES)})."
         )
-    out = torch.empty(tensor.nbytes, dtype=torch.uint8)
+    out = torch.empty(nbytes, dtype=torch.uint8)
     with tensor.file.open("rb", buffering=0) as handle:
-        handle.seek(tensor.start)
+        handle.seek(offset)
         _readinto_exact(handle, memoryview(out.numpy()), tensor.file)
-    return out.view(dtype).reshape(tensor.shape)
+    return out.view(dtype).reshape(shape)
 
 
 def _readinto_exact(handle: BinaryIO, target: memoryview, file: Path) -> None:
@@ -449,4 +469,11 @@ def _parse_size(size: int | str) -> int:
     return int(float(match[1]) * 1000 ** " KMGT".index(match[2]))
 
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "StoredTensor", "load_stored", "stored_tensors", "write_checkpoint"]
+__all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "StoredTensor",
+    "load_stored",
+    "load_stored_rows",
+    "stored_tensors",
+    "write_checkpoint",
+]

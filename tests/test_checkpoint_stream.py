@@ -206,3 +206,18 @@ def test_streaming_a_large_body_holds_far_less_than_it(tmp_path):
         assert loaded_rise > body_bytes * 0.9
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_rows_of_a_stored_tensor_are_read_alone(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_embfuse.checkpoint_stream import load_stored_rows
+
+    table = torch.randn(10, 3).to(torch.bfloat16)
+    save_file({"table": table, "mask": torch.rand(10, 2) > 0.5}, tmp_path / "model.safetensors")
+    stored = stored_tensors(tmp_path)
+    assert torch.equal(load_stored_rows(stored["table"], 2, 7), table[2:7])
+    assert torch.equal(load_stored_rows(stored["mask"], 9, 10), load_stored(stored["mask"])[9:])
+    assert load_stored_rows(stored["table"], 4, 4).shape == (0, 3)
+    with pytest.raises(ValueError, match="not rows of tensor 'table'"):
+        load_stored_rows(stored["table"], 8, 11)

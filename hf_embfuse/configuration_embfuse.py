@@ -71,6 +71,16 @@ class EmbFuseConfig(PretrainedConfig):
             Where the base came from, as provenance.
         format_version (`int`):
             Checkpoint layout version; loading a newer one than this code knows raises an error.
+
+    Fields of the wrapped model (`vocab_size`, `pad_token_id`, `hidden_dropout_prob`, ...) are read from and written
+    to `base_config`, never copied here (labels, which every config holds, are written to both). `fixed_weights`, `mixing_temperature`, `regularizer`, `reg_lambda` and
+    `embed_scale` are read by the model on every call: set them on `model.config` (or pass them to
+    `from_pretrained`) and the model runs them. A `mixer.fixed_weights` tensor in a checkpoint is written from
+    this config and ignored on load.
+
+    Loading a saved folder's tokenizer without `trust_remote_code=True` (and without `import hf_embfuse`) logs
+    transformers' "You are using a model of type `embfuse` to instantiate a model of type ``": it reads the
+    config first, does not know this type, and falls back to a bare config. The tokenizer is unaffected.
     """
 
     model_type = "embfuse"

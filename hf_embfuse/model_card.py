@@ -128,7 +128,9 @@ def build_model_card(
         eval_markdown=eval_markdown(eval_results) if eval_results else None,
         model_ref=model_ref,
         sentence_transformers=bool(sentence_transformers),
-        auto_imports=", ".join(dict.fromkeys(["AutoModel", *([auto_class] if auto_class else [])])),
+        auto_imports=", ".join(
+            dict.fromkeys(["AutoModel", *([auto_class] if auto_class else []), "AutoTokenizer"])
+        ),
         task_auto_class=auto_class if auto_class not in (None, "AutoModel") else None,
         base_type=base_config.get("model_type") or "base-architecture",
         bake_dir=repo_id.split("/")[-1] if repo_id else "path/to/checkpoint",

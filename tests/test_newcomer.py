@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from hf_embfuse.cli import main
+from hf_embfuse.model_card import build_model_card
 from hf_embfuse.wrap import from_base
 from tests.fixtures_models import random_sources, tiny_base, tiny_fused
 from tests.fixtures_tokenizers import make_bpe_tokenizer
@@ -67,3 +71,30 @@ def test_inspect_says_the_vocabulary_is_the_bases_own(tmp_path, capsys):
     tiny_fused("bert").save_pretrained(tmp_path)
     assert main(["inspect", str(tmp_path)]) == 0
     assert "vocabulary: the base model's own (97 tokens)" in capsys.readouterr().out
+
+
+# A clean child: the tokenizer with remote code trusted, then (hf_embfuse imported) without it.
+TOKENIZER_CHILD = """
+import sys
+from transformers import AutoTokenizer
+AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
+import hf_embfuse
+AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=False)
+print("loaded")
+"""
+
+
+def test_loading_the_tokenizer_as_the_card_says_prints_no_model_type_warning(tmp_path):
+    folder = transplanted_folder(tmp_path / "model", [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", TOKENIZER_CHILD, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "loaded" in result.stdout, result.stderr
+    assert "You are using a model of type" not in result.stderr
+    card = build_model_card(json.loads((folder / "config.json").read_text()))
+    assert 'AutoTokenizer.from_pretrained("path/to/checkpoint", trust_remote_code=True)' in card.text

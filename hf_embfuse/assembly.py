@@ -385,7 +385,9 @@ def _mean_mixing_weights(config: EmbFuseConfig, coverage: torch.Tensor, width: i
     with torch.no_grad():
         for start in range(0, coverage.shape[0], _MEAN_CHUNK):
             part = coverage[start : start + _MEAN_CHUNK]
-            total += mixer(torch.zeros(part.shape[0], part.shape[1], width), part).sum(0)
+            vectors = torch.zeros(part.shape[0], part.shape[1], width)
+            weights = mixer(vectors, part, mixer.fixed_weights, float(config.mixing_temperature))
+            total += weights.sum(0)
     return total / max(coverage.shape[0], 1)
 
 

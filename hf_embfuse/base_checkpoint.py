@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from .checkpoint_stream import StoredTensor, load_stored, stored_tensors
 from .modeling_embfuse import EmbFuseTask
 from .sources._checkpoint import require_path_or_repo_id
-from .sources.gguf_model import is_gguf_file, load_gguf_base
+from .sources.gguf_model import gguf_base_folder, is_gguf_file
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,9 @@ def open_base(
     require_path_or_repo_id(base)
     name = os.fspath(base)
     if is_gguf_file(name):
-        # A GGUF base is dequantised once and cached as a plain folder; it is small enough to hold.
-        model, gguf_tokenizer = load_gguf_base(name, task.auto_class, **kwargs)
-        return BaseCheckpoint(
-            copy.deepcopy(model.config), tokenizer or gguf_tokenizer, task, model, model=model, location=name
-        )
+        # A GGUF base is dequantised once and cached as a plain folder, then streamed from there.
+        cached, gguf_tokenizer = gguf_base_folder(name, task.auto_class, **kwargs)
+        name, tokenizer = str(cached), tokenizer or gguf_tokenizer
     folder = _local_folder(name)
     if tokenizer is None:
         tokenizer = _without_remote_code(AutoTokenizer.from_pretrained, name)

@@ -1,10 +1,10 @@
 """`fuse` and `build_to_folder`: one straight line over tables.
 
-1. **Read the sources and resolve the target vocabulary.** It is always explicit: plain fusion is the case
-   where the target is the base's own tokenizer and every base row matches itself.
+1. **Resolve the target vocabulary.** It is always explicit: plain fusion is the case where the target is
+   the base's own tokenizer and every base row matches itself.
 2. **Lay the base's tables on it** (`layout.py`): the input table, the head (tied, untied or rebuilt) and an
    MLM bias, as row plans over the base checkpoint's own tensors, which are the only ones read.
-3. **For each source:** align it onto the target rows and project it through `projection.project`
+3. **For each source:** read it, align it onto the target rows, project it through `projection.project`
    (identity, linear, transport, omp); a plan applies to the input and head tables alike.
 4. **Install and write** (`assembly.py`): every changed table is made chunk by chunk in the base's dtype;
    `fuse` puts them into the model in memory, `build_to_folder` streams them and the body's untouched
@@ -33,8 +33,9 @@ from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import project
 from .recipe import Recipe, SourceRecipe, validate_recipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
-from .sources import read_source
+from .sources import read_source, read_source_tokenizer
 from .sources._checkpoint import require_path_or_repo_id
+from .transfer.errors import TargetError
 from .transfer.target import resolve_target
 from .wrap import task_named
 
@@ -65,10 +66,13 @@ class SourceReport:
 
 @dataclass
 class FuseResult:
-    """What `fuse` returns: the model (`None` from `build_to_folder`, which never holds it), its tokenizer, and a
-    report per source."""
+    """What `fuse` and `build_to_folder` return: the model, its tokenizer, and a report per source.
 
-    model: EmbFusePreTrainedModel | None
+    `fuse` holds the model in memory. `build_to_folder` never holds it (the body was streamed); `model` then
+    loads the written folder on first use, memory-mapped.
+    """
+
+    built: EmbFusePreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     reports: list[SourceReport]
     # The base's sentence-transformers modules (pooling, normalize, ...), when it is such a model.
@@ -76,6 +80,16 @@ class FuseResult:
     # The target vocabulary, when the model got another tokenizer: what was matched, decomposed,
     # transported and left out, per source.
     transfer: dict[str, Any] | None = None
+    # The folder `build_to_folder` wrote.
+    folder: Path | None = None
+
+    @property
+    def model(self) -> EmbFusePreTrainedModel:
+        if self.built is None and self.folder is not None:
+            from .checkpoint_folder import load_embfuse_folder
+
+            self.built = load_embfuse_folder(self.folder)
+        return self.built
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write model, tokenizer, `embfuse_report.json` and the model card (`README.md`) into `folder`;
@@ -196,7 +210,7 @@ def fuse_recipe(
 ) -> FuseResult:
     """`fuse` for a validated `Recipe`: the model in memory. `target_tokenizer` overrides `recipe.tokenizer`."""
     assembly, result = _build(recipe, base_model, base_tokenizer, target_tokenizer, show_progress)
-    result.model = assembly.model()
+    result.built = assembly.model()
     return result
 
 
@@ -209,6 +223,7 @@ def build_to_folder(
         assembly, result = _build(recipe, None, None, None, show_progress)
         config, weights = assembly.write(staging)
         result.write_companions(staging, config, weights)
+    result.folder = Path(out_dir)
     return result
 
 
@@ -229,18 +244,19 @@ def _build(
     )
     modules = read_sentence_transformers_files(base.location) if base.location else None
 
-    # 1. The sources, and the target vocabulary (which may be one source's tokenizer).
-    tables = [_read(source) for source in _progress(recipe.sources, "reading sources", show_progress)]
-    for source, table in zip(recipe.sources, tables, strict=True):
-        # Names travel with the checkpoint (config, report, card): never this machine's path.
-        table.name = source.name or local_name(table.name)
+    # 1. The target vocabulary (a tokenizer, `source:N`'s, or the base's own; tokens added).
+    source_tokenizers, source_names = {}, {}
+    if target_tokenizer is None and recipe.target_source is not None:
+        chosen = recipe.sources[recipe.target_source - 1]
+        source_tokenizers[recipe.target_source] = _read_tokenizer(chosen)
+        source_names[recipe.target_source] = chosen.name or local_name(chosen.path)
     target = resolve_target(
         target_tokenizer if target_tokenizer is not None else recipe.tokenizer,
         base.tokenizer,
         recipe.added_tokens,
         recipe.added_tokens_file,
-        source_tokenizers={i + 1: table.tokenizer for i, table in enumerate(tables)},
-        source_names={i + 1: table.name for i, table in enumerate(tables)},
+        source_tokenizers=source_tokenizers,
+        source_names=source_names,
     )
 
     # 2. The base's tables on the target rows.
@@ -250,7 +266,10 @@ def _build(
     assembly = Assembly(base, target, layout, recipe, base_name)
     reports = []
     weights = recipe.initial_weights()
-    for index, (source, table) in enumerate(zip(recipe.sources, tables, strict=True)):
+    for index, source in enumerate(_progress(recipe.sources, "sources", show_progress)):
+        table = _read(source)
+        # Names travel with the checkpoint (config, report, card): never this machine's path.
+        table.name = source.name or local_name(table.name)
         aligned = align_source(
             target.tokenizer,
             table,
@@ -271,9 +290,7 @@ def _build(
             "alignment": aligned.report.to_dict(),
         }
         name, kind, width = table.name, table.kind, table.width
-        # The raw table is not needed past alignment: drop it before the projection's peak.
-        del table
-        tables[index] = None
+        del table  # the raw table is not needed past alignment: drop it before the projection's peak
         coverage = layout.donor_coverage(aligned.coverage)
         projection = project(
             source.projection,
@@ -290,6 +307,15 @@ def _build(
         reports.append(SourceReport(name, kind, width, aligned.report, projection.report))
     result = FuseResult(None, target.saved_tokenizer, reports, modules, assembly.transfer_report())
     return assembly, result
+
+
+def _read_tokenizer(source: SourceRecipe) -> Any:
+    tokenizer = read_source_tokenizer(
+        source.path, kind=source.kind, revision=source.revision, trust_remote_code=source.trust_remote_code
+    )
+    if tokenizer is None:
+        raise TargetError(f"Target tokenizer of source {source.path!r}: it has none (static word vectors?).")
+    return tokenizer
 
 
 def _read(source: SourceRecipe) -> Any:

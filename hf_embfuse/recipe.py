@@ -107,7 +107,10 @@ class Recipe(_Strict):
     )
     task: Task = "base"
     num_labels: int | None = Field(None, ge=1)
-    sources: list[SourceRecipe] = Field(min_length=1)
+    sources: list[SourceRecipe] = Field(
+        default_factory=list,
+        description="Donor tables; none with a target vocabulary builds it from the base's own pieces (FVT).",
+    )
     mixing: str = "learned"
     base_weight: float = Field(0.5, gt=0, le=1, description="Initial weight of the base table.")
     mixing_temperature: float = Field(1.0, gt=0)
@@ -194,6 +197,11 @@ class Recipe(_Strict):
             )
         if self.target_source is not None and self.target_source > len(self.sources):
             raise ValueError(f"tokenizer {self.tokenizer!r}: there are only {len(self.sources)} sources")
+        if not self.sources and not self.transfers_vocabulary:
+            raise ValueError(
+                "no sources and no target vocabulary: nothing to build; give `sources`, or a `tokenizer` / "
+                "`added_tokens` to build the new vocabulary from the base's own pieces"
+            )
         return self
 
     @property
@@ -210,6 +218,8 @@ class Recipe(_Strict):
 
     def initial_weights(self) -> list[float]:
         """Initial mixing weights, base first; sources share `1 - base_weight` unless given."""
+        if not self.sources:
+            return [1.0]
         if self.sources[0].weight is not None:
             return [self.base_weight, *(s.weight for s in self.sources)]
         share = (1.0 - self.base_weight) / len(self.sources)

@@ -34,7 +34,9 @@ def test_projection_reports(built):
     _, result = built
     for report in result.reports:
         assert report.projection["method"] == "transport"
-        assert 0.2 < report.projection["linear_heldout_cosine"] < 1.0
+        assert report.projection["anchors"] > 1000 and report.projection["rows"] > 1000
+        # No linear map is fitted "for comparison" on the default path any more.
+        assert "linear_heldout_cosine" not in report.projection
 
 
 def test_saved_model_reloads_in_a_fresh_process(built, tmp_path):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_raw_tables_are_released_before_the_projection(tmp_path, monkeypatch):
     recipe = load_recipe(tiny_recipe(tmp_path))
     read, alive_at_projection = [], []
-    real_read, real_project = hf_embfuse.build.read_source, hf_embfuse.build._project
+    real_read, real_project = hf_embfuse.build.read_source, hf_embfuse.build.project
 
     def read_source(*args, **kwargs):
         table = real_read(*args, **kwargs)
@@ -35,7 +35,7 @@ def test_raw_tables_are_released_before_the_projection(tmp_path, monkeypatch):
         return real_project(*args, **kwargs)
 
     monkeypatch.setattr(hf_embfuse.build, "read_source", read_source)
-    monkeypatch.setattr(hf_embfuse.build, "_project", project)
+    monkeypatch.setattr(hf_embfuse.build, "project", project)
     result = hf_embfuse.build.fuse_recipe(recipe)
     assert len(result.reports) == len(recipe.sources) == len(alive_at_projection)
     assert all(not any(alive) for alive in alive_at_projection), alive_at_projection

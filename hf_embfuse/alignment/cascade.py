@@ -114,13 +114,13 @@ class RowBags:
         """`(end - start, d)` float32: rows `start..end` built from `table`'s rows."""
         lo = int(self.offsets[start]) if start < self.num_rows else int(self.flat.numel())
         hi = int(self.offsets[end]) if end < self.num_rows else int(self.flat.numel())
-        flat = self.flat[lo:hi]
+        flat = self.flat[lo:hi].to(table.device)
+        offsets = (self.offsets[start:end] - lo).to(table.device)
+        if table.dtype == torch.float32:
+            return F.embedding_bag(flat, table, offsets, mode=self.mode)
         # Convert only the rows used, not a whole (possibly 262k-row) half-precision table.
         used, local = torch.unique(flat, return_inverse=True)
-        rows = table[used.to(table.device)].to(torch.float32)
-        return F.embedding_bag(
-            local.to(table.device), rows, (self.offsets[start:end] - lo).to(table.device), mode=self.mode
-        )
+        return F.embedding_bag(local, table[used].to(torch.float32), offsets, mode=self.mode)
 
 
 def _bags(

@@ -215,8 +215,9 @@ def anchor_neighbours(
     if n_zero:
         logger.warning("Transport: %d covered rows are all-zero; their neighbours are arbitrary.", n_zero)
     if center:
-        needed_rows = needed_rows - needed_rows.mean(0)
-    unit = torch.nn.functional.normalize(needed_rows, dim=1)
+        needed_rows -= needed_rows.mean(0)
+    # Normalised in place: one vocabulary-sized copy of the rows, not two.
+    unit = needed_rows.div_(needed_rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
     del needed_rows
     anchor_unit = unit[torch.searchsorted(needed, anchor_ids)]
     if needed.numel() != row_ids.numel():

@@ -5,7 +5,7 @@ when they run.
 """
 
 from .cache import cache_root
-from .dispatch import SOURCE_KINDS, detect_source_kind, read_source
+from .dispatch import SOURCE_KINDS, detect_source_kind, read_source, read_source_tokenizer
 from .errors import SourceError
 from .gguf import read_gguf_source
 from .hf import read_hf_source
@@ -22,5 +22,6 @@ __all__ = [
     "read_gguf_source",
     "read_hf_source",
     "read_source",
+    "read_source_tokenizer",
     "read_vectors_source",
 ]

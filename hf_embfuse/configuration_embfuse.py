@@ -161,10 +161,11 @@ class EmbFuseConfig(PretrainedConfig):
         # to it, and read back from it by `__getattr__`, so the two configs cannot disagree. Trainer,
         # pipelines, PEFT, generation and `from_pretrained(..., pad_token_id=0)` all set fields this way.
         base_config = self.__dict__.get("base_config")
-        if base_config is None or _is_own_field(type(self), name) or not hasattr(base_config, name):
+        owner = None if _is_own_field(type(self), name) else self._base_owner(name)
+        if owner is None:
             super().__setattr__(name, value)
         else:
-            setattr(base_config, name, value)
+            setattr(owner, name, value)
             if name == "tie_word_embeddings":
                 base_config.get_text_config(decoder=True).tie_word_embeddings = value
         # Labels are PretrainedConfig's own fields, and the base model's head reads its own config's.
@@ -173,10 +174,20 @@ class EmbFuseConfig(PretrainedConfig):
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names not found here: a field of the wrapped model, answered by its config.
-        base_config = self.__dict__.get("base_config")
-        if base_config is None or name.startswith("_"):
+        owner = None if name.startswith("_") else self._base_owner(name)
+        if owner is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(base_config, name)
+        return getattr(owner, name)
+
+    def _base_owner(self, name: str) -> PretrainedConfig | None:
+        """The wrapped model's config that holds `name`: the base config, else its text config (composite bases)."""
+        base_config = self.__dict__.get("base_config")
+        if base_config is None:
+            return None
+        for candidate in (base_config, base_config.get_text_config()):
+            if hasattr(candidate, name):
+                return candidate
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

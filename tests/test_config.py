@@ -85,3 +85,13 @@ def test_round_trip_keeps_base_config_and_provenance(tmp_path, arch):
 def test_base_dict_without_model_type_is_refused():
     with pytest.raises(ValueError, match="`base_config` has no `model_type`"):
         EmbFuseConfig(base_config={"hidden_size": 32})
+
+
+def test_a_composite_bases_text_fields_are_read_and_written_through_its_text_config():
+    from transformers import LlavaConfig
+
+    base = LlavaConfig(text_config=tiny_config("llama").to_dict())
+    config = make(base_config=base, sources=[BASE])
+    assert config.vocab_size == base.get_text_config().vocab_size
+    config.vocab_size = 77
+    assert base.get_text_config().vocab_size == 77 and "vocab_size" not in config.to_dict()

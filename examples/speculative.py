@@ -2,7 +2,7 @@
 
     make gemma
     hf-embfuse build examples/transplant_smollm2_to_gemma3.yaml --out outputs/smollm2-gemma3-tok
-    hf-embfuse bake outputs/smollm2-gemma3-tok outputs/smollm2-gemma3-draft
+    hf-embfuse bake outputs/smollm2-gemma3-tok --out outputs/smollm2-gemma3-draft
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python examples/speculative.py outputs/smollm2-gemma3-draft
 
 The draft is a plain checkpoint with Gemma-3's vocabulary (262,144 ids) and special ids, checked with

@@ -2,7 +2,7 @@
 
 Speculative decoding hands token ids from the draft to the target unchanged, so both must mean the same
 thing by every id. vLLM compares the two vocabulary sizes; llama.cpp refuses a draft whose vocabulary
-type, size, token texts or special ids differ. A model transplanted onto the target's tokenizer and
+type, token texts or special ids differ, or whose size differs by more than a small margin. A model transplanted onto the target's tokenizer and
 baked (`hf-embfuse bake`) meets all of these; `check_draft` says so, or names every difference.
 
     from hf_embfuse.draft import check_draft

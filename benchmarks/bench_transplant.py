@@ -158,15 +158,16 @@ def recipe_options(pair: str) -> dict[str, Any]:
     if not path.is_file():
         return {"mixing": "learned", "base_weight": 0.5, "projection": "transport", "recipe": None}
     recipe = hf_embfuse.load_recipe(path)
-    source = recipe.sources[0]
+    source, vocabulary = recipe.sources[0], recipe.vocabulary
+    projection = source.projection
     options = {
         "mixing": recipe.mixing,
         "base_weight": recipe.base_weight,
-        "projection": source.projection,
-        "transport_k": source.transport_k,
-        "output_head": recipe.output_head,
-        "input_pieces": recipe.input_pieces,
-        "output_pieces": recipe.output_pieces,
+        "projection": projection.method,
+        "transport_k": getattr(projection, "k", getattr(projection, "atoms", 10)),
+        "output_head": vocabulary.head,
+        "input_pieces": vocabulary.input_pieces,
+        "output_pieces": vocabulary.output_pieces,
         "recipe": str(path.relative_to(ROOT)),
     }
     if source.weight is not None:
@@ -291,9 +292,13 @@ def run_pair(
         tokenizer: Any,
         build_seconds: float | None,
         start: int | None = None,
+        *,
+        defaults: bool = False,
         **extra: Any,
     ) -> None:
-        if start is None and name != "own":
+        # Baselines keep the raw target tokenizer, whose start token is not the body's: they are scored with
+        # the target id on the body's start row. Ours is scored as a user runs it, with the tokenizer's defaults.
+        if start is None and name != "own" and not defaults:
             start = body_start_token(model, tokenizer, base, base_tokenizer)
         bpb, seconds = score(model, tokenizer, lines, start)
         rows[name] = {
@@ -331,13 +336,16 @@ def run_pair(
     memory_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result, seconds = timed(fuse_with_donor, base, base_tokenizer, ggufs[target], options)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hand_picked = body_start_token(result.model, result.tokenizer, base, base_tokenizer)
     add(
         "ours",
         result.model,
         result.tokenizer,
         seconds,
+        defaults=True,
         peak_rss_mib=peak / 1024,
         rss_before_mib=memory_before / 1024,
+        bits_per_byte_body_start_row=score(result.model, result.tokenizer, lines, hand_picked)[0],
     )
     if pair == "gemma3->smollm2" and "tokensurgeon" in args.rows:
         surgeon_dir, seconds = tokensurgeon(
@@ -349,14 +357,12 @@ def run_pair(
     if "heal" not in args.rows:
         return {"rows": rows, "options": options, "transfer": result.transfer}
     heal_minutes = args.heal_minutes if pair == "gemma3->smollm2" else args.other_heal_minutes
-    start = body_start_token(result.model, result.tokenizer, base, base_tokenizer)
-    healed, curve = transplant.heal(
+    healed, curve = transplant.heal(  # the tokenizer's own start token, as a user's heal would use
         result.model,
         result.tokenizer,
         train,
         lines[: args.curve_lines],
         out_dir=OUT / "heal-trainer",
-        start_token=start,
         minutes=heal_minutes,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -364,13 +370,12 @@ def run_pair(
         show_progress=not args.no_progress,
     )
     own_curve = score(base, base_tokenizer, lines[: args.curve_lines])[0]
-    # the own row's start token, in case no transplanted row holds it (then the target's bos was used)
     add(
         "ours healed",
         healed,
         result.tokenizer,
         None,
-        start,
+        defaults=True,
         heal_minutes=heal_minutes,
         heal_steps=curve[-1]["step"],
     )

@@ -37,8 +37,7 @@ def build(recipe_path: Path, out: Path, rebuild: bool) -> float:
     if (out / "config.json").is_file() and not rebuild:
         print(f"reusing {out} (pass --rebuild to build it again)")
         return 0.0
-    from hf_embfuse.build import build_to_folder
-    from hf_embfuse.recipe import load_recipe
+    from hf_embfuse import build_to_folder, load_recipe
 
     start = time.perf_counter()
     build_to_folder(load_recipe(recipe_path), out, overwrite=True)
@@ -56,12 +55,10 @@ def set_fixed_weights(model: torch.nn.Module, weights: tuple[float, ...]) -> Non
 
 def check_rebuild(recipe_path: Path, model: torch.nn.Module, weights: tuple[float, ...]) -> float:
     """Max |Δ| between the reweighted table and one `fuse(..., base_weight=weights[0])` builds."""
-    from hf_embfuse.build import fuse
-    from hf_embfuse.recipe import load_recipe
+    from hf_embfuse import fuse, load_recipe
 
     recipe = load_recipe(recipe_path)
-    sources = [s.model_dump(exclude_none=True) for s in recipe.sources]
-    rebuilt = fuse(recipe.base, sources, mixing="fixed", base_weight=weights[0], seed=recipe.seed).model
+    rebuilt = fuse(recipe.base, recipe.model_copy(update={"mixing": "fixed", "base_weight": weights[0]})).model
     set_fixed_weights(model, weights)
     ours = model.get_input_embeddings().fused_weight()
     theirs = rebuilt.get_input_embeddings().fused_weight()
@@ -70,12 +67,11 @@ def check_rebuild(recipe_path: Path, model: torch.nn.Module, weights: tuple[floa
 
 def fuse_linear(recipe_path: Path) -> torch.nn.Module:
     """The demo recipe with every source mapped by an anchor-fitted linear map instead of transport."""
-    from hf_embfuse.build import fuse
-    from hf_embfuse.recipe import load_recipe
+    from hf_embfuse import Linear, fuse, load_recipe
 
     recipe = load_recipe(recipe_path)
-    sources = [{**s.model_dump(exclude_none=True), "projection": "linear"} for s in recipe.sources]
-    return fuse(recipe.base, sources, mixing="fixed", base_weight=recipe.base_weight, seed=recipe.seed).model
+    sources = [s.model_copy(update={"projection": Linear()}) for s in recipe.sources]
+    return fuse(recipe.base, recipe.model_copy(update={"mixing": "fixed", "sources": sources})).model
 
 
 def reweighted_rows(model, tokenizer, datasets, label: str) -> dict:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from hf_embfuse.build import build_to_folder
+from hf_embfuse import build_to_folder, load_recipe
 from hf_embfuse.inspection import describe_checkpoint, format_description
-from hf_embfuse.recipe import load_recipe
 
 HERE = Path(__file__).resolve().parent
 # The fresh-process check is test infrastructure, kept in the checkout's tests/, not in the package.

@@ -14,8 +14,8 @@ and at the end, and plotted.
 Without `--text` the OANC dev text is used (fetched at run time, see hf_embfuse/evaluation/dev_text.py):
 its train split for training, the first `--eval-lines` of its held-out split for the curve.
 What trains (`--train`):
-- `embedding`: the whole input embedding (for an EmbFuse model: base table, source tables,
-  projections and mixer) and the LM head (tied heads are the base table);
+- `embedding`: the input embedding (for an EmbFuse model: base table, projections and mixer, and the
+  source tables where the config says `train_sources`) and the LM head (tied heads are the base table);
 - `mixer`: only an EmbFuse model's mixer and projections;
 - `--lora`: adds LoRA (rank 8) on attention, merged into the weights when saving.
 The loss (`--loss`): `plain` next-token loss, or `distill`, which also matches the chunk likelihoods of

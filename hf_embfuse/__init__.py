@@ -76,7 +76,22 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "SourceSpec": ("wrap", "SourceSpec"),
     "from_base": ("wrap", "from_base"),
     "fuse": ("build", "fuse"),
+    "build_to_folder": ("build", "build_to_folder"),
     "FuseResult": ("build", "FuseResult"),
+    **{
+        name: ("recipe", name)
+        for name in (
+            "FuseConfig",
+            "Recipe",
+            "SourceConfig",
+            "VocabularyConfig",
+            "AddedToken",
+            "Identity",
+            "Linear",
+            "Transport",
+            "OMP",
+        )
+    },
     "align_source": ("alignment", "align_source"),
     "read_source": ("sources", "read_source"),
     "load_recipe": ("recipe", "load_recipe"),
@@ -86,10 +101,21 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 if TYPE_CHECKING:
     from .alignment import align_source
     from .baking import bake, bake_to_folder
-    from .build import FuseResult, fuse
+    from .build import FuseResult, build_to_folder, fuse
     from .checkpoint_folder import load_embfuse_folder
     from .hub import push_to_hub
-    from .recipe import load_recipe
+    from .recipe import (
+        OMP,
+        AddedToken,
+        FuseConfig,
+        Identity,
+        Linear,
+        Recipe,
+        SourceConfig,
+        Transport,
+        VocabularyConfig,
+        load_recipe,
+    )
     from .sources import read_source
     from .wrap import SourceSpec, from_base
 
@@ -110,6 +136,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "FORMAT_VERSION",
+    "OMP",
+    "AddedToken",
     "EmbFuseConfig",
     "EmbFuseForCausalLM",
     "EmbFuseForMaskedLM",
@@ -117,12 +145,20 @@ __all__ = [
     "EmbFuseForTokenClassification",
     "EmbFuseModel",
     "EmbFusePreTrainedModel",
+    "FuseConfig",
     "FuseResult",
+    "Identity",
+    "Linear",
     "MultiSourceEmbedding",
+    "Recipe",
+    "SourceConfig",
     "SourceSpec",
+    "Transport",
+    "VocabularyConfig",
     "align_source",
     "bake",
     "bake_to_folder",
+    "build_to_folder",
     "from_base",
     "fuse",
     "load_embfuse_folder",

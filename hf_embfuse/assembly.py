@@ -32,7 +32,7 @@ from .configuration_embfuse import EmbFuseConfig
 from .layout import BaseLayout
 from .modeling_embfuse import EmbFusePreTrainedModel, Mixer
 from .projection import Projection
-from .recipe import Recipe
+from .recipe import FuseConfig
 from .tables import ConstantRow, Layer, MappedRows, PlannedRows, mixed_table
 from .transfer.install import install_tables
 from .transfer.report import format_rows, row_counts
@@ -85,7 +85,7 @@ class Assembly:
     """The tables of one build, made on demand (see the module docstring)."""
 
     def __init__(
-        self, base: BaseCheckpoint, target: Target, layout: BaseLayout, recipe: Recipe, base_name: str
+        self, base: BaseCheckpoint, target: Target, layout: BaseLayout, recipe: FuseConfig, base_name: str
     ) -> None:
         self.base, self.target, self.layout, self.recipe, self.base_name = (
             base,

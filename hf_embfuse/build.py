@@ -31,7 +31,7 @@ from .layout import lay_base
 from .model_names import base_model_name, local_name
 from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import project
-from .recipe import Recipe, SourceRecipe, validate_recipe
+from .recipe import FuseConfig, Recipe, SourceConfig, validate_recipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source, read_source_tokenizer
 from .sources._checkpoint import require_path_or_repo_id
@@ -123,81 +123,56 @@ class FuseResult:
 
 def fuse(
     base: str | os.PathLike | PreTrainedModel,
-    sources: list[str | dict[str, Any] | SourceRecipe],
+    config: FuseConfig | dict[str, Any] | list[Any] | None = None,
     *,
-    task: str = "base",
-    mixing: str = "learned",
-    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
     base_tokenizer: PreTrainedTokenizerBase | None = None,
-    num_labels: int | None = None,
-    base_weight: float = 0.5,
     show_progress: bool = False,
-    **options: Any,
+    **older_options: Any,
 ) -> FuseResult:
-    """Build an EmbFuse model in memory from a base model and any number of sources (for bases that fit in
-    memory; `build_to_folder` streams a base of any size into a checkpoint folder instead).
+    """Build an EmbFuse model in memory from a base model and a `FuseConfig` (for bases that fit in memory;
+    `build_to_folder` streams a base of any size into a checkpoint folder instead).
 
     Args:
-        base: the base model's folder or Hub id, or a loaded model of the task's class.
-        sources: each a path / Hub id, or a mapping with the fields of a recipe source (`path`,
-            `projection` = `"transport"` | `"omp"` | `"linear"` | `"identity"`, `weight`, `kind`, `revision`, ...).
-        task: `"base"`, `"sequence-classification"`, `"token-classification"`, `"masked-lm"`, `"causal-lm"`.
-        mixing: `"fixed"`, `"learned"` or `"gated"`.
-        tokenizer: the target vocabulary, when the model is to get another tokenizer: a tokenizer, its folder,
-            a Hub id, a `.gguf` file, or `"source:N"` (the tokenizer of source N, 1 = the first). With
-            `added_tokens=[...]` (or `added_tokens_file=`) tokens are added to it (to the base's when `None`).
+        base: the base model's folder, Hub id or `.gguf` file (`pkg:NAME/sub` works), or a loaded model.
+        config: the sources, the mixture and an optional target vocabulary (`FuseConfig`, or a mapping of its
+            fields). A list is read as the sources of the keyword form of earlier versions.
         base_tokenizer: the base model's tokenizer; loaded from `base` when it is a path.
-        num_labels: for classification tasks.
-        base_weight: initial mixing weight of the base's own table; the sources share the rest.
         show_progress: progress bars while reading and aligning.
-        **options: the other recipe fields (`base_hub_id`, `mixing_temperature`, `regularizer`, `reg_lambda`,
-            `train_sources`, `train_projections`, `source_dtype`, `seed`; for a target vocabulary
-            `added_tokens`, `added_tokens_file`, `min_overlap`, `allow_low_overlap`, `output_head`,
-            `input_pieces`, `output_pieces`, `donor_rows`).
+        **older_options: the keyword options of earlier versions (`task=`, `tokenizer=`, `transport_k` in a
+            source, ...), translated with a `FutureWarning` naming each new field (docs/api.md, "Older recipes").
 
     Returns:
         A `FuseResult` with the model, the tokenizer and one `SourceReport` per source.
+
+    Example:
+        ```python
+        from hf_embfuse import OMP, FuseConfig, SourceConfig, VocabularyConfig, fuse
+
+        config = FuseConfig(
+            task="causal-lm",
+            sources=[SourceConfig(path="donor/", projection=OMP(atoms=10))],
+            vocabulary=VocabularyConfig(tokenizer="source:1"),
+        )
+        result = fuse("base/", config)
+        ```
     """
     if isinstance(base, PreTrainedModel):
-        base_model, base_path = base, base.name_or_path or "base"
+        pass
     elif isinstance(base, (str, os.PathLike)):
         require_path_or_repo_id(base)  # here, while a `Path` is still known not to be a Hub id
-        base_model, base_path = None, os.fspath(base)
     else:
         raise ValueError(
             f"`base` must be a folder, a Hub id or a transformers model; got {type(base).__name__}."
         )
-    target_object = None
-    if isinstance(tokenizer, (str, os.PathLike)):
-        options["tokenizer"] = os.fspath(tokenizer)
-    else:
-        target_object = tokenizer
-    arguments = {
-        "base": base_path,
-        "task": task,
-        "num_labels": num_labels,
-        "sources": [_as_source_recipe(s) for s in sources],
-        "mixing": mixing,
-        "base_weight": base_weight,
-        **options,
-    }
-    recipe = validate_recipe(arguments, what="fuse() arguments")
-    return fuse_recipe(
-        recipe,
-        base_model=base_model,
-        base_tokenizer=base_tokenizer,
-        target_tokenizer=target_object,
-        show_progress=show_progress,
-    )
-
-
-def _as_source_recipe(
-    source: str | os.PathLike | dict[str, Any] | SourceRecipe,
-) -> dict[str, Any] | SourceRecipe:
-    """A source as `Recipe` validates it (a bare path is `{"path": ...}`), so errors name `sources.N.key`."""
-    if isinstance(source, (str, os.PathLike)):
-        return {"path": os.fspath(source)}
-    return source
+    if isinstance(config, list) or older_options:
+        if isinstance(config, (FuseConfig, dict)):
+            raise TypeError(
+                f"fuse() got a config and the keyword options {sorted(older_options)}; put them in the config."
+            )
+        config = {"sources": config or [], **older_options}
+    if not isinstance(config, FuseConfig):
+        config = validate_recipe(config or {}, what="fuse() config", schema=FuseConfig)
+    return _fuse_in_memory(base, config, base_tokenizer, show_progress)
 
 
 def fuse_recipe(
@@ -205,11 +180,18 @@ def fuse_recipe(
     *,
     base_model: PreTrainedModel | None = None,
     base_tokenizer: PreTrainedTokenizerBase | None = None,
-    target_tokenizer: PreTrainedTokenizerBase | None = None,
     show_progress: bool = False,
 ) -> FuseResult:
-    """`fuse` for a validated `Recipe`: the model in memory. `target_tokenizer` overrides `recipe.tokenizer`."""
-    assembly, result = _build(recipe, base_model, base_tokenizer, target_tokenizer, show_progress)
+    """`fuse` of a loaded recipe (whose `base` is the base unless `base_model` is given)."""
+    return _fuse_in_memory(
+        base_model if base_model is not None else recipe.base, recipe, base_tokenizer, show_progress
+    )
+
+
+def _fuse_in_memory(
+    base: str | os.PathLike | PreTrainedModel, config: FuseConfig, base_tokenizer: Any, show_progress: bool
+) -> FuseResult:
+    assembly, result = _build(config, base, base_tokenizer, show_progress)
     result.built = assembly.model()
     return result
 
@@ -217,10 +199,13 @@ def fuse_recipe(
 def build_to_folder(
     recipe: Recipe, out_dir: str | os.PathLike, *, overwrite: bool = False, show_progress: bool = False
 ) -> FuseResult:
-    """Build from `recipe` and write the checkpoint into `out_dir`, all or nothing, streaming the base's body
-    (any size: memory grows with the vocabulary tables, never with the body). The result holds no model."""
+    """Build from `recipe` (a `Recipe`: a `FuseConfig` with its `base`, or `load_recipe(path)`) and write the
+    checkpoint into `out_dir`, all or nothing, streaming the base's body: for bases of any size, memory grows
+    with the vocabulary tables, never with the body. The result loads its model from `out_dir` when asked."""
+    if not isinstance(recipe, Recipe):
+        recipe = validate_recipe(recipe.model_dump() if isinstance(recipe, FuseConfig) else recipe)
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
-        assembly, result = _build(recipe, None, None, None, show_progress)
+        assembly, result = _build(recipe, recipe.base, None, show_progress)
         config, weights = assembly.write(staging)
         result.write_companions(staging, config, weights)
     result.folder = Path(out_dir)
@@ -228,45 +213,43 @@ def build_to_folder(
 
 
 def _build(
-    recipe: Recipe,
-    base_model: PreTrainedModel | None,
+    config: FuseConfig,
+    base_given: str | os.PathLike | PreTrainedModel,
     base_tokenizer: PreTrainedTokenizerBase | None,
-    target_tokenizer: PreTrainedTokenizerBase | None,
     show_progress: bool,
 ) -> tuple[Assembly, FuseResult]:
-    task = task_named(recipe.task)
-    base_name = base_model_name(recipe.base, recipe.base_hub_id)  # a Hub id or a folder name, never a path
-    base = open_base(
-        base_model if base_model is not None else recipe.base,
-        task,
-        tokenizer=base_tokenizer,
-        num_labels=recipe.num_labels,
-    )
+    task = task_named(config.task)
+    vocabulary = config.vocabulary
+    location = base_given.name_or_path if isinstance(base_given, PreTrainedModel) else os.fspath(base_given)
+    base_name = base_model_name(
+        location or "base", config.base_hub_id
+    )  # a Hub id or a folder name, never a path
+    base = open_base(base_given, task, tokenizer=base_tokenizer, num_labels=config.num_labels)
     modules = read_sentence_transformers_files(base.location) if base.location else None
 
-    # 1. The target vocabulary (a tokenizer, `source:N`'s, or the base's own; tokens added).
+    # 1. The target vocabulary (a tokenizer, `source:N`'s, or the base's own with tokens added).
     source_tokenizers, source_names = {}, {}
-    if target_tokenizer is None and recipe.target_source is not None:
-        chosen = recipe.sources[recipe.target_source - 1]
-        source_tokenizers[recipe.target_source] = _read_tokenizer(chosen)
-        source_names[recipe.target_source] = chosen.name or local_name(chosen.path)
+    if config.target_source is not None:
+        chosen = config.sources[config.target_source - 1]
+        source_tokenizers[config.target_source] = _read_tokenizer(chosen)
+        source_names[config.target_source] = chosen.name or local_name(chosen.path)
     target = resolve_target(
-        target_tokenizer if target_tokenizer is not None else recipe.tokenizer,
+        None if vocabulary is None else vocabulary.tokenizer,
         base.tokenizer,
-        recipe.added_tokens,
-        recipe.added_tokens_file,
+        [] if vocabulary is None else vocabulary.added_tokens,
+        None if vocabulary is None else vocabulary.added_tokens_file,
         source_tokenizers=source_tokenizers,
         source_names=source_names,
     )
 
     # 2. The base's tables on the target rows.
-    layout = lay_base(base, target, recipe, name=base_name, show_progress=show_progress)
+    layout = lay_base(base, target, vocabulary, name=base_name, show_progress=show_progress)
 
-    # 3. Each source: aligned onto the target rows, carried into the base space.
-    assembly = Assembly(base, target, layout, recipe, base_name)
+    # 3. Each source: read, aligned onto the target rows, carried into the base space.
+    assembly = Assembly(base, target, layout, config, base_name)
     reports = []
-    weights = recipe.initial_weights()
-    for index, source in enumerate(_progress(recipe.sources, "sources", show_progress)):
+    weights = config.initial_weights()
+    for index, source in enumerate(_progress(config.sources, "sources", show_progress)):
         table = _read(source)
         # Names travel with the checkpoint (config, report, card): never this machine's path.
         table.name = source.name or local_name(table.name)
@@ -293,15 +276,13 @@ def _build(
         del table  # the raw table is not needed past alignment: drop it before the projection's peak
         coverage = layout.donor_coverage(aligned.coverage)
         projection = project(
-            source.projection,
             aligned.table,
             coverage,
             layout.anchors & aligned.anchor_mask,
             layout.base_input_rows,
-            k=source.transport_k,
-            temperature=source.transport_temperature,
             head=layout.rebuilds_head,
-            seed=recipe.seed,
+            seed=config.seed,
+            **source.projection.model_dump(),
         )
         assembly.add(DonorTables(aligned, coverage, projection, weights[index + 1], provenance))
         reports.append(SourceReport(name, kind, width, aligned.report, projection.report))
@@ -309,7 +290,7 @@ def _build(
     return assembly, result
 
 
-def _read_tokenizer(source: SourceRecipe) -> Any:
+def _read_tokenizer(source: SourceConfig) -> Any:
     tokenizer = read_source_tokenizer(
         source.path, kind=source.kind, revision=source.revision, trust_remote_code=source.trust_remote_code
     )
@@ -318,7 +299,7 @@ def _read_tokenizer(source: SourceRecipe) -> Any:
     return tokenizer
 
 
-def _read(source: SourceRecipe) -> Any:
+def _read(source: SourceConfig) -> Any:
     return read_source(
         source.path,
         kind=source.kind,

@@ -204,3 +204,11 @@ def test_example_distill_heal_writes_the_healed_folder(tokenizer, tmp_path, caps
     curve = json.loads((tmp_path / "b" / "heal_curve.json").read_text())
     assert [point["step"] for point in curve["curve"]] == [0, 2]
     assert type(load_causal_lm(tmp_path / "b")[0]).__name__ == "EmbFuseForCausalLM"
+
+
+def test_embedding_heal_keeps_donor_tables_as_built_unless_the_config_trains_them(tokenizer, tmp_path):
+    model = fused_model(tokenizer)
+    assert model.config.train_sources is False  # the default
+    changed = run_heal(model, tokenizer, tmp_path)
+    assert not any("source_tables" in name for name in changed), changed
+    assert {"model.model.embed_tokens.weight", "model.lm_head.weight"} <= changed

@@ -41,27 +41,29 @@ class Projection:
 
 
 def project(
-    method: str,
     table: torch.Tensor,
     coverage: torch.Tensor,
     anchors: torch.Tensor,
     base_rows: Callable[[torch.Tensor], torch.Tensor],
     *,
+    method: str,
     k: int = 10,
     temperature: float = 0.1,
+    atoms: int = 10,
     head: bool = False,
     seed: int = 0,
 ) -> Projection:
     """Carry `table`'s `coverage` rows into the base space.
 
     Args:
-        method: `"identity"`, `"linear"`, `"transport"` or `"omp"`.
         table: `(V, d_source)` the source aligned on the target rows.
         coverage: `(V,)` rows it is to fill.
         anchors: `(V,)` rows both it and the base have one to one.
         base_rows: the base's input rows of given target row ids (for fitting a linear map).
-        k: neighbours per row (transport) or atoms per row (omp).
+        method: `"identity"`, `"linear"`, `"transport"` or `"omp"` (a recipe's `projection`, as keywords).
+        k: transport's neighbours per row.
         temperature: transport's softmax temperature.
+        atoms: OMP's atoms per row.
         head: the LM head is rebuilt too, so make the head's plan.
         seed: seed of the linear map's anchor split.
     """
@@ -84,11 +86,11 @@ def project(
         report = {"method": "transport", "k": k, "temperature": temperature}
         head_plan = plan
     else:
-        plan = omp_plan(table, coverage, anchors, atoms=k, settings=INPUT_ROWS)
+        plan = omp_plan(table, coverage, anchors, atoms=atoms, settings=INPUT_ROWS)
         # The head's rows over every anchor where affordable; past that the head reads the input rows' plan.
         every = head and codes_over_every_anchor(coverage, anchors)
-        head_plan = omp_plan(table, coverage, anchors, atoms=k, settings=HEAD_ROWS) if every else plan
-        report = {"method": "omp", "atoms": k}
+        head_plan = omp_plan(table, coverage, anchors, atoms=atoms, settings=HEAD_ROWS) if every else plan
+        report = {"method": "omp", "atoms": atoms}
     stats = plan.stats
     report.update(rows=stats.n_rows, anchors=stats.n_anchors, search=stats.search)
     if stats.recall is not None:

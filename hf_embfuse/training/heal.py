@@ -34,8 +34,16 @@ LOSS_CHOICES = ("plain", "distill")
 
 
 def heal_parameters(model: Any, train: str = "embedding") -> list[torch.nn.Parameter]:
-    """The parameters a heal trains: the input embedding and LM head (`embedding`), or only the mixture."""
+    """The parameters a heal trains: the input embedding and LM head (`embedding`), or only the mixture.
+
+    An EmbFuse model's source (donor) tables train only where its config says `train_sources=True`: on
+    the 262k-token transplant they are 168M frozen parameters that would triple the optimizer state.
+    """
     embedding = model.get_input_embeddings()
+    frozen: set[int] = set()
+    tables = getattr(embedding, "source_tables", None)
+    if tables is not None and not getattr(model.config, "train_sources", False):
+        frozen = {id(parameter) for parameter in tables.parameters()}
     if train == "mixer":
         if not hasattr(embedding, "mixer"):
             raise ValueError("train='mixer' needs an EmbFuse model (its input embedding has no mixer)")
@@ -47,7 +55,8 @@ def heal_parameters(model: Any, train: str = "embedding") -> list[torch.nn.Param
     chosen: dict[int, torch.nn.Parameter] = {}
     for module in modules:
         for parameter in module.parameters() if module is not None else []:
-            chosen[id(parameter)] = parameter
+            if id(parameter) not in frozen:
+                chosen[id(parameter)] = parameter
     return list(chosen.values())
 
 

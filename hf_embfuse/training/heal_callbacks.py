@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..evaluation.bits_per_byte import score_lines
+from .chunked_loss import LOGIT_BUDGET
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,16 @@ class BitsPerByteCurve(TrainerCallback):
         self._step_began = 0.0
 
     def measure(self, model: Any, step: int) -> float:
+        # The logits of one scoring batch stay near 256 MB (score_lines' own default allows a whole context of
+        # positions: 2 GB and a log-softmax copy on a 262k vocabulary, on top of the optimizer state).
+        vocab = int(model.get_output_embeddings().weight.shape[0])
         bpb = score_lines(
-            model, self.tokenizer, self.lines, start_token=self.start, show_progress=self.show_progress
+            model,
+            self.tokenizer,
+            self.lines,
+            start_token=self.start,
+            show_progress=self.show_progress,
+            batch_tokens=max(64, LOGIT_BUDGET // vocab),
         ).bits_per_byte
         self.history.append(
             {"step": step, "bits_per_byte": bpb, "train_seconds": round(self.train_seconds, 1)}

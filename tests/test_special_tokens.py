@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import hf_embfuse
+from hf_embfuse.evaluation.bits_per_byte import start_token_id
 from hf_embfuse.transfer.special_tokens import added_around, map_special_tokens
 
 from .fixtures_models import tiny_base
@@ -48,11 +49,12 @@ def chatml_target_tokenizer():
 
 
 def smollm2_like_body_tokenizer():
-    """GPT-2 BPE plus ChatML roles: bos `<|im_start|>`, eos/pad `<|im_end|>`, unk `<|endoftext|>`, nothing added."""
+    """GPT-2 BPE plus ChatML: bos `<|im_start|>`, eos/pad `<|im_end|>`, unk `<|endoftext|>`, nothing added."""
     tokenizer = make_bpe_tokenizer()
     tokenizer.add_special_tokens(
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}
     )
+    tokenizer.chat_template = CHATML
     return tokenizer
 
 
@@ -154,6 +156,7 @@ def test_the_saved_transplant_prepends_the_bodys_start_row_and_predicts_the_body
 
     child = _fresh(folder, tmp_path / "child")
     start = target.convert_tokens_to_ids("<|im_start|>")
+    assert start_token_id(result.tokenizer) == start
     assert child["ids"] == [start, *target(PROMPT, add_special_tokens=False).input_ids]
     assert child["next"].strip() == own_next.strip()
     end = target.convert_tokens_to_ids("<|im_end|>")
@@ -188,6 +191,7 @@ def test_a_body_that_prepends_nothing_gets_nothing_prepended_and_bos_names_its_d
     folder = tmp_path / "transplant"
     result.save_pretrained(folder)
 
+    assert start_token_id(result.tokenizer) == target.unk_token_id  # `eval --text` scores from that row too
     child = _fresh(folder, tmp_path / "child")
     assert child["ids"] == target(PROMPT, add_special_tokens=False).input_ids
     expected = {"bos": target.unk_token_id, "eos": target.eos_token_id, "pad": target.pad_token_id}
@@ -206,7 +210,7 @@ def test_a_start_row_no_target_token_holds_is_added_under_the_bodys_own_string(r
         target.bos_token = None
     special, rows_tokenizer = map_special_tokens(target, body_tokenizer)
     if role_token is None:
-        assert special.roles["bos"].how == "moved" and special.roles["bos"].token == "<s>"
+        assert special.roles["bos"].how == "added" and special.roles["bos"].token == "<s>"
         assert len(rows_tokenizer) == len(target) + 1 and "<s>" not in target.get_vocab()
         saved = special.with_roles(rows_tokenizer)
         assert saved(PROMPT).input_ids[0] == saved.bos_token_id == rows_tokenizer.convert_tokens_to_ids("<s>")

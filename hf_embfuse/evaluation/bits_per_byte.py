@@ -70,7 +70,7 @@ def read_text_lines(path: str | Path) -> list[str]:
 
 # GPT-2's document separator; byte-level BPE families keep it where their bos is a chat marker
 # (SmolLM2-Instruct: bos `<|im_start|>`), and pretraining saw it before every document.
-_DOCUMENT_SEPARATOR = "<|endoftext|>"
+DOCUMENT_SEPARATOR = "<|endoftext|>"
 
 
 def start_token_id(tokenizer: Any) -> int:
@@ -82,7 +82,7 @@ def start_token_id(tokenizer: Any) -> int:
     with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
     if with_specials and with_specials[0] in set(tokenizer.all_special_ids):
         return int(with_specials[0])
-    separator = tokenizer.get_vocab().get(_DOCUMENT_SEPARATOR)
+    separator = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
     if separator is not None:
         return int(separator)
     for name in ("bos_token_id", "eos_token_id"):

@@ -40,8 +40,8 @@ class TokenChoice:
         token_id: its id in the target vocabulary.
         body_token: the body token whose row the alignment gives it (`None`: not matched to a body special).
         body_token_id: that token's id in the body's vocabulary.
-        how: why this token: `kept` (the target's own, already on the body's row), `moved` (the role now names
-            another target token, the one on the body's row), `added` (the body's token added to the target).
+        how: why this token: `kept` (the target's own), `moved` (the role now names another target token, the
+            one on the body's row), `added` (the body's token, added to the target: its string matches it).
     """
 
     role: str
@@ -83,7 +83,7 @@ class SpecialTokens:
     @property
     def moves_roles(self) -> bool:
         """Whether a role names another token than in the target tokenizer as loaded."""
-        return any(choice.how == "moved" for choice in self.roles.values())
+        return any(choice.how != "kept" for choice in self.roles.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,7 +104,7 @@ class SpecialTokens:
             return tokenizer
         tokenizer = copy.deepcopy(tokenizer)
         for role, choice in self.roles.items():
-            if choice.how == "moved":
+            if choice.how != "kept":
                 setattr(tokenizer, _MOVABLE[role], choice.token)
         set_added_tokens(tokenizer, self.roles["bos"].token_id if self.prepend else None, self._end_id())
         return tokenizer
@@ -129,8 +129,9 @@ def added_around(tokenizer: Any) -> tuple[list[int], list[int]]:
 def set_added_tokens(tokenizer: Any, start_id: int | None, end_id: int | None) -> None:
     """Make `tokenizer(text)` put `start_id` before and `end_id` after the text (`None`: nothing).
 
-    Sets the fast tokenizer's post-processor (what acts in transformers 5) and the `add_bos_token` /
-    `add_eos_token` flags saved in `tokenizer_config.json`, so a reload keeps the behaviour.
+    Sets the fast tokenizer's post-processor: it is what acts in transformers 5, and `tokenizer.json` keeps it,
+    so a reload in a process without hf_embfuse adds the same tokens. The `add_bos_token` / `add_eos_token`
+    flags are set to match without letting their setters rebuild the post-processor from the bos/eos roles.
     """
     from tokenizers import processors
 
@@ -240,11 +241,6 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
         notes.append(f"no target token holds the body's start token {token!r}: added it as id {new_id}")
     body_end = body_after[-1] if body_after else body_roles.get("eos")
     roles = {"bos": start, "eos": choose("eos", body_end), "pad": choose("pad", body_roles.get("pad"))}
-    if start.how == "added":
-        # `with_roles` sets the bos role on the added token after the alignment.
-        roles["bos"] = TokenChoice(
-            "bos", start.token, start.token_id, start.body_token, start.body_token_id, "moved"
-        )
     for role, choice in roles.items():
         if choice.body_token is None and choice.token is not None:
             notes.append(f"{role} {choice.token!r} holds no body special token's row")
@@ -264,8 +260,9 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
     chat = []
     for token_id in sorted(_chat_markers(target)):
         body_id = matched.get(token_id)
-        how = "kept"
-        chat.append(TokenChoice("chat", name(target, token_id), token_id, name(body, body_id), body_id, how))
+        chat.append(
+            TokenChoice("chat", name(target, token_id), token_id, name(body, body_id), body_id, "kept")
+        )
         if body_id is not None and body_id == body_start and token_id != start.token_id:
             notes.append(
                 f"chat marker {name(target, token_id)!r} holds the body's start row {name(body, body_id)!r}"
@@ -274,6 +271,16 @@ def map_special_tokens(target: Any, body: Any) -> tuple[SpecialTokens, Any]:
             notes.append(
                 f"chat marker {name(target, token_id)!r} is also the start token: every turn shows the body "
                 f"its start row {name(body, body_id)!r}"
+            )
+    if not prepend:
+        # Scoring a line (`start_token_id`) takes `<|endoftext|>` by name before bos, where nothing is prepended.
+        from ..evaluation.bits_per_byte import DOCUMENT_SEPARATOR
+
+        separator = out.get_vocab().get(DOCUMENT_SEPARATOR)
+        if separator is not None and separator != roles["bos"].token_id:
+            notes.append(
+                f"`hf-embfuse eval --text` starts lines with {DOCUMENT_SEPARATOR!r} by name, not with the start "
+                f"token {roles['bos'].token!r}: pass --start-token {roles['bos'].token!r}"
             )
     result = SpecialTokens(prepend, append, roles, chat, notes)
     for note in notes:

@@ -116,35 +116,35 @@ class BaseLayout:
 def lay_base(
     base: BaseCheckpoint,
     target: Target,
-    vocabulary: VocabularyConfig | None,
+    config: VocabularyConfig | None,
     *,
     name: str = "base",
     show_progress: bool = False,
 ) -> BaseLayout:
     """Lay the base's tables on the target's rows (see the module docstring)."""
-    if vocabulary is None:
+    if config is None:
         return _identity_layout(base)
     vocabulary = Vocabulary.from_tokenizer(target.tokenizer)
     num_rows = len(target.tokenizer)
     input_weight = base.skeleton.get_input_embeddings().weight
-    aligned = _align(base, name, input_weight, target, vocabulary, vocabulary.input_pieces, show_progress)
+    aligned = _align(base, name, input_weight, target, vocabulary, config.input_pieces, show_progress)
     special = torch.zeros(num_rows, dtype=torch.bool)
     special[: min(len(vocabulary), num_rows)] = torch.from_numpy(vocabulary.special[:num_rows])
     anchors = aligned.anchor_mask & ~special
     content = int(vocabulary.content[:num_rows].sum())
     overlap = float(anchors.sum()) / max(content, 1)
     logger.info("The base has %.2f%% of the target's %d content tokens one to one.", 100 * overlap, content)
-    if overlap < vocabulary.min_overlap and not vocabulary.allow_low_overlap:
+    if overlap < config.min_overlap and not config.allow_low_overlap:
         raise TargetError(
             f"The target tokenizer shares {overlap:.2%} of its {content:,} content tokens with the base "
-            f"({int(anchors.sum()):,} tokens), below min_overlap={vocabulary.min_overlap:.2%}: it is probably not a "
+            f"({int(anchors.sum()):,} tokens), below min_overlap={config.min_overlap:.2%}: it is probably not a "
             "tokenizer for this language or script, and donors would have almost no anchors. Pass "
-            "`vocabulary.allow_low_overlap=True` to build anyway."
+            "`config.allow_low_overlap=True` to build anyway."
         )
     head = base.skeleton.get_output_embeddings()
     head_mode = None
     if head is not None:
-        untie = vocabulary.head == "untied" or (vocabulary.head == "auto" and not TIE_BY_DEFAULT)
+        untie = config.head == "untied" or (config.head == "auto" and not TIE_BY_DEFAULT)
         head_mode = "tied" if base.tied and not untie else "untied"
     layout = BaseLayout(
         base=base,
@@ -156,16 +156,16 @@ def lay_base(
         anchors=anchors,
         own_rows=anchors | aligned.outcome_mask("special"),
         head_mode=head_mode,
-        donor_rows=vocabulary.donor_rows,
+        donor_rows=config.donor_rows,
         aligned=aligned,
         overlap=overlap,
     )
     if head_mode == "untied":
-        head_aligned = _align(base, name, head.weight, target, vocabulary, vocabulary.output_pieces)
+        head_aligned = _align(base, name, head.weight, target, vocabulary, config.output_pieces)
         layout.head_bags, layout.head_coverage = head_aligned.bags, head_aligned.coverage
     bias = getattr(head, "bias", None) if head is not None else None
     if bias is not None:
-        bias_aligned = _align(base, name, bias.unsqueeze(1), target, vocabulary, vocabulary.output_pieces)
+        bias_aligned = _align(base, name, bias.unsqueeze(1), target, vocabulary, config.output_pieces)
         layout.bias_bags, layout.bias_coverage = bias_aligned.bags, bias_aligned.coverage
     return layout
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -301,18 +298,7 @@ def test_hub_client_patch_restores_the_client(hub_server, tmp_path):
     assert (endpoint, offline) == (constants.ENDPOINT, constants.HF_HUB_OFFLINE)
 
 
-_CHILD = """
-import json, sys, torch
-from huggingface_hub import constants
-from transformers import AutoModel
-assert constants.ENDPOINT.startswith("http://127.0.0.1:"), constants.ENDPOINT
-model = AutoModel.from_pretrained(sys.argv[1]).eval()
-with torch.no_grad():
-    print(json.dumps(model(input_ids=torch.tensor([[1, 2, 3, 4, 5]])).last_hidden_state.tolist()))
-"""
-
-
-def test_transformers_push_to_hub_then_from_pretrained(hub_client, hub_env, no_external_network):
+def test_transformers_push_to_hub_then_from_pretrained(hub_client, hub_env, no_external_network, tmp_path):
     from transformers import AutoModel, BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -332,15 +318,15 @@ def test_transformers_push_to_hub_then_from_pretrained(hub_client, hub_env, no_e
         loaded = AutoModel.from_pretrained(repo).eval()
         torch.testing.assert_close(loaded(input_ids=inputs).last_hidden_state, expected, rtol=0, atol=0)
 
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD, repo], env=hub_env, capture_output=True, text=True, timeout=100,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )  # fmt: skip
-    assert child.returncode == 0, child.stderr[-3000:]
-    torch.testing.assert_close(torch.tensor(json.loads(child.stdout.strip().splitlines()[-1])), expected)
+    # A second reader with a cache of its own downloads again. (That a fresh process configured by `hub_env`
+    # alone reaches this server is checked once, in test_hub_publish.py's fresh-process load.)
+    assert hub_env["HF_ENDPOINT"] == hub_client.endpoint and hub_env["HF_HUB_OFFLINE"] == "0"
+    with torch.no_grad():
+        again = AutoModel.from_pretrained(repo, cache_dir=tmp_path / "second-cache").eval()
+        torch.testing.assert_close(again(input_ids=inputs).last_hidden_state, expected, rtol=0, atol=0)
 
     requests = hub_client.requests
     weights = [r for r in requests if r.method == "GET" and r.path.endswith("/model.safetensors")]
-    assert len(weights) == 2  # downloaded once in this process and once by the child, each with its own cache
+    assert len(weights) == 2  # downloaded once per reader, each with its own cache
     assert {request.host for request in requests} == {f"127.0.0.1:{hub_client.port}"}
     assert not hub_client.external_requests and not hub_client.unhandled_requests and not no_external_network

@@ -56,9 +56,11 @@ def _fused_folder(tmp_path, family: str):
     return out, tokenizer
 
 
-@pytest.fixture
-def fused_folders(tmp_path):
-    return {family: _fused_folder(tmp_path, family) for family in FAMILIES}
+@pytest.fixture(scope="module")
+def fused_folders(tmp_path_factory):
+    """Built once for the file: the tests only read the folders."""
+    root = tmp_path_factory.mktemp("tokenizer-files")
+    return {family: _fused_folder(root, family) for family in FAMILIES}
 
 
 def test_tokenizer_files_name_a_transformers_class_and_no_remote_code(fused_folders):

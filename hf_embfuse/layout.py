@@ -28,7 +28,7 @@ from .transfer.target import Target
 logger = logging.getLogger(__name__)
 
 # Whether a tied base head stays tied on a new vocabulary when the config says `vocabulary.head: auto`. Untied,
-# it is rebuilt as the build-time mixture (measured better: docs/vocabulary-transfer.md, "The head").
+# it is rebuilt as the build-time mixture (measured better: docs/vocabulary-transfer.md, "The LM head").
 TIE_BY_DEFAULT = False
 
 

@@ -162,3 +162,24 @@ def test_a_loaded_recipe_is_what_the_public_build_function_takes(tmp_path):
     result = hf_embfuse.build_to_folder(load_recipe(tmp_path / "r.yaml"), tmp_path / "out")
     assert result.model.get_input_embeddings().weight.shape[0] == len(base_tokenizer) + 1
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_a_build_leaves_the_callers_random_state_alone(tmp_path):
+    """The build seeds what it initialises from `config.seed` on a generator of its own, never torch's global one."""
+    base_tokenizer = make_bpe_tokenizer()
+    base = tiny_base("llama", "base", vocab_size=len(base_tokenizer))  # no classifier: the build makes one
+    folder = tmp_path / "base"
+    base.save_pretrained(folder)
+    base_tokenizer.save_pretrained(folder)
+    config = FuseConfig(
+        task="sequence-classification", num_labels=3, vocabulary=VocabularyConfig(added_tokens=[" catdog"])
+    )
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    first = hf_embfuse.fuse(folder, config).model
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = hf_embfuse.fuse(folder, config.model_copy(update={"seed": 0})).model
+    assert not torch.equal(first.score.weight, torch.zeros_like(first.score.weight))
+    # The same seed gives the same model (its new classifier included), whatever the caller's RNG did.
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         eval_every=args.eval_every,
         start_token=start,
     )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, every rank healed the same model
+        return 0
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     (args.out / "heal_curve.json").write_text(

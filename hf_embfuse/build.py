@@ -172,7 +172,7 @@ def fuse(
             )
         config = {"sources": config or [], **older_options}
     if not isinstance(config, FuseConfig):
-        config = validate_recipe(config or {}, what="fuse() config", schema=FuseConfig)
+        config = validate_recipe(config or {}, what="fuse() arguments", schema=FuseConfig)
     return _fuse_in_memory(base, config, base_tokenizer, show_progress)
 
 

@@ -69,6 +69,18 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _projection_line(fit: dict) -> str:
+    """One line on how a source reached the base space, whatever the method."""
+    method = fit.get("method", "?")
+    if fit.get("heldout_cosine") is not None:
+        return f"{method}, held-out anchor cosine {fit['heldout_cosine']:.3f}"
+    if method in ("transport", "omp"):
+        size = f"k={fit['k']}" if method == "transport" else f"{fit['atoms']} atoms"
+        recall = f", search recall {fit['search_recall']:.3f}" if "search_recall" in fit else ""
+        return f"{method} ({size}): {fit['rows']:,} rows from {fit['anchors']:,} anchors, {fit['search']} search{recall}"
+    return method
+
+
 def _build(args: argparse.Namespace) -> int:
     from .build import build_to_folder
     from .recipe import load_recipe
@@ -77,14 +89,7 @@ def _build(args: argparse.Namespace) -> int:
     result = build_to_folder(recipe, args.out, overwrite=args.overwrite, show_progress=not args.no_progress)
     for report in result.reports:
         print(report.alignment)
-        fit = report.projection
-        if fit.get("heldout_cosine") is not None:
-            print(f"  projection: {fit['method']}, held-out anchor cosine {fit['heldout_cosine']:.3f}")
-        elif fit.get("method") == "transport":
-            # Too few anchors to hold any out leaves the linear comparison without a figure.
-            linear = fit.get("linear_heldout_cosine")
-            reached = "n/a (too few anchors)" if linear is None else f"{linear:.3f}"
-            print(f"  projection: transport (k={fit['k']}); a linear map reached {reached}")
+        print("  projection: " + _projection_line(report.projection))
     if result.transfer is not None:
         from .transfer import format_rows
 

@@ -111,6 +111,26 @@ def test_cli_build_then_inspect(sources, tmp_path, capsys):
     assert loaded.config.mixing == "gated"
 
 
+def test_cli_build_prints_how_each_source_reached_the_base_space(sources, tmp_path, capsys):
+    """Every method gets its line, OMP included (it once printed none), and config.json records it as omp."""
+    recipe = write_recipe(
+        tmp_path,
+        sources,
+        sources=[
+            {"path": str(sources["gpt2"]), "projection": {"method": "omp", "atoms": 3}},
+            {"path": str(sources["glove"]), "projection": {"method": "transport", "k": 3}},
+        ],
+    )
+    out = tmp_path / "out"
+    assert main(["build", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "projection:" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("  projection: omp (3 atoms)") and "anchors" in lines[0]
+    assert lines[1].startswith("  projection: transport (k=3)")
+    config = json.loads((out / "config.json").read_text())
+    assert [s["initialization"] for s in config["sources"][1:]] == ["omp", "transport"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

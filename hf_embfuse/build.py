@@ -159,8 +159,9 @@ def fuse(
     if isinstance(base, PreTrainedModel):
         pass
     elif isinstance(base, (str, os.PathLike)):
-        base = resolve_path(os.fspath(base))  # `pkg:`, `~` and `$VARS`, as in every path of a config
-        require_path_or_repo_id(base)
+        if isinstance(base, str):
+            base = resolve_path(base)  # `pkg:`, `~` and `$VARS`, as in every path of a config
+        require_path_or_repo_id(base)  # here, while a `Path` is still known not to be a Hub id
     else:
         raise ValueError(
             f"`base` must be a folder, a Hub id or a transformers model; got {type(base).__name__}."

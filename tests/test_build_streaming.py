@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 import hf_embfuse
 from hf_embfuse.build import build_to_folder
-from hf_embfuse.recipe import Recipe
+from hf_embfuse.recipe import Recipe, SourceConfig, Transport, VocabularyConfig
 from tests.fixtures_tokenizers import make_bpe_tokenizer, make_unigram_tokenizer
 from tests.memory_ceiling import peak_rise
 
@@ -66,12 +66,15 @@ def test_body_tensors_are_the_base_bytes_in_its_dtype(tmp_path, case, target):
     base = _base_folder(tmp_path / "base", kind, tied, dtype, shard)
     assert (shard is None) == (not (base / "model.safetensors.index.json").exists())
     donor = _base_folder(tmp_path / "donor", "llama", False, torch.float32, None)
-    fields = {}
+    vocabulary = None
     if target == "transplant":
         make_unigram_tokenizer().save_pretrained(tmp_path / "target")
-        fields = {"tokenizer": str(tmp_path / "target"), "allow_low_overlap": True}
+        vocabulary = VocabularyConfig(tokenizer=tmp_path / "target", allow_low_overlap=True)
     recipe = Recipe(
-        base=str(base), task="causal-lm", sources=[{"path": str(donor), "transport_k": 3}], **fields
+        base=str(base),
+        task="causal-lm",
+        sources=[SourceConfig(path=donor, projection=Transport(k=3))],
+        vocabulary=vocabulary,
     )
     out = tmp_path / "fused"
     build_to_folder(recipe, out)
@@ -112,9 +115,9 @@ def test_a_build_does_not_hold_the_body(tmp_path):
     make_unigram_tokenizer().save_pretrained(tmp_path / "target")
     setup = f"""
 from hf_embfuse.build import build_to_folder
-from hf_embfuse.recipe import Recipe
-recipe = Recipe(base={str(base)!r}, task="causal-lm", sources=[], tokenizer={str(tmp_path / "target")!r},
-                allow_low_overlap=True)
+from hf_embfuse.recipe import Recipe, SourceConfig, Transport, VocabularyConfig
+recipe = Recipe(base={str(base)!r}, task="causal-lm",
+                vocabulary={{"tokenizer": {str(tmp_path / "target")!r}, "allow_low_overlap": True}})
 """
     rise = peak_rise(f"build_to_folder(recipe, {str(tmp_path / 'fused')!r})", setup)
     assert (tmp_path / "fused" / "config.json").is_file()

@@ -64,14 +64,14 @@ def test_sparse_coding_reconstructs_a_row_that_is_a_combination_of_anchors():
     coverage = torch.ones(61, dtype=torch.bool)
     anchors = torch.arange(61) < 60
     plan = omp_plan(
-        table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=60, ridge=1e-8, max_l1=10.0)
+        table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=30, ridge=1e-8, max_l1=10.0)
     )
     out = plan.apply(base)
     torch.testing.assert_close(out[60], 2 * base[3] - base[7], atol=1e-3, rtol=1e-3)
     # An anchor codes as itself.
     torch.testing.assert_close(out[5], base[5], atol=1e-3, rtol=1e-3)
     # By default the coefficients' absolute sum is bounded (here 3 -> 2): no row can blow up in the base space.
-    bounded = omp_plan(table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=60, ridge=1e-8))
+    bounded = omp_plan(table, coverage, anchors, atoms=2, settings=OmpSettings(candidates=30, ridge=1e-8))
     assert float(bounded.weights.abs().sum(1).max()) <= 2.0 + 1e-5
     torch.testing.assert_close(bounded.apply(base)[60], (2 * base[3] - base[7]) * 2 / 3, atol=1e-3, rtol=1e-3)
 

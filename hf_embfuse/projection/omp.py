@@ -5,16 +5,16 @@ over the same anchors' base rows. Unlike transport's convex average the coeffici
 be a difference of directions ("king - man + woman").
 
 One algorithm, one rule:
-- **Atom choice**: at each step the atom whose unit vector is most correlated with the residual,
-  `|<r, a>| / ||a||` (standard OMP over an unnormalised dictionary), then a least-squares refit of every
-  chosen atom.
+- **Atom choice**: at each step the atom with the largest `|<r, a>|` against the residual, then a
+  least-squares refit of every chosen atom. The raw inner product, not divided by `||a||`, measured better for
+  a rebuilt head's rows (docs/vocabulary-transfer.md, "OMP").
 - **Regularisation**: the refit adds `ridge` times the mean squared norm of the chosen atoms to the Gram
   diagonal, so near-duplicate atoms stay solvable.
 - **Bound**: a row whose coefficients' absolute sum exceeds `max_l1` is scaled down to it (`None`: free).
   Nearly collinear atoms can take large opposite coefficients that cancel in the donor space but not in
   the base space.
 
-Where the atoms come from is the one thing that varies: each row's `candidates` nearest anchors (one
+Where the atoms come from is the one thing that varies: each row's `candidates x atoms` nearest anchors (one
 nearest-neighbour search, then greedy steps on a small Gram matrix), or every anchor (`candidates=None`),
 affordable up to `EXACT_UP_TO` rows x anchors. The result is a `RowPlan`, applied like transport's.
 """
@@ -40,12 +40,13 @@ class OmpSettings:
     """How rows are coded: where atoms come from, the refit's ridge, and the coefficients' bound.
 
     Attributes:
-        candidates: atoms are chosen among each row's this many nearest anchors; `None`: among every anchor.
+        candidates: atoms are chosen among each row's `candidates x atoms` (at least 32) nearest anchors; `None`:
+            among every anchor.
         ridge: relative ridge of the refit.
         max_l1: bound on a row's absolute coefficient sum; `None` leaves them free.
     """
 
-    candidates: int | None = 32
+    candidates: int | None = 4
     ridge: float = 1e-2
     max_l1: float | None = 2.0
 
@@ -96,7 +97,9 @@ def omp_plan(
         pool = _SharedPool(table[anchor_ids], anchor_ids)
         n_anchors, search_used, recall = anchor_ids.numel(), "exact", None
     else:
-        near = anchor_neighbours(source_table, rows, anchor_mask, k=max(candidates, atoms), search=search)
+        near = anchor_neighbours(
+            source_table, rows, anchor_mask, k=max(32, candidates * atoms), search=search
+        )
         row_ids = near.rows
         pool = _NearestPool(table, near.ids)
         n_anchors, search_used, recall = near.n_anchors, near.search, near.recall
@@ -133,7 +136,7 @@ def omp_plan(
         stats.n_rows,
         n_anchors,
         atoms,
-        "every anchor" if candidates is None else f"{candidates} nearest candidates",
+        "every anchor" if candidates is None else f"{pool.size} nearest candidates",
         float(residual.mean()) if residual.numel() else 0.0,
     )
     return RowPlan(num_rows, row_ids, chosen, coefficients, stats)
@@ -202,13 +205,13 @@ def _omp(
     cosine to an atom.
     """
     batch = x.shape[0]
-    norms = pool.norms(part)
-    top1 = (pool.correlate(part, x) / norms).max(1).values / x.norm(dim=1).clamp_min(1e-30)
+    cosines = pool.correlate(part, x) / pool.norms(part)  # for the statistics only
+    top1 = cosines.max(1).values / x.norm(dim=1).clamp_min(1e-30)
     chosen = torch.zeros(batch, k, dtype=torch.long)
     residual = x
     coefs = torch.zeros(batch, 0)
     for step in range(k):
-        score = pool.correlate(part, residual).abs() / norms
+        score = pool.correlate(part, residual).abs()
         if step:
             score.scatter_(1, chosen[:, :step], -1.0)
         chosen[:, step] = score.argmax(dim=1)

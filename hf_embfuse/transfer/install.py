@@ -92,3 +92,7 @@ def set_vocabulary_config(model: Any, tokenizer: Any, num_rows: int, *, tied: bo
         token_id = getattr(tokenizer, f"{role}_id", None)
         for config in [*configs, *([generation] if generation is not None else [])]:
             setattr(config, attribute, token_id)
+    # An unk id a config carries names a target id too (or none), never the base's stale one.
+    for config in configs:
+        if getattr(config, "unk_token_id", None) is not None:
+            config.unk_token_id = getattr(tokenizer, "unk_token_id", None)

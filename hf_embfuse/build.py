@@ -252,7 +252,7 @@ def _build(
     reports = []
     weights = config.initial_weights()
     for index, source in enumerate(_progress(config.sources, "sources", show_progress)):
-        table = _read(source)
+        table = _read(source, tokenizer=source_tokenizers.pop(index + 1, None))
         # Names travel with the checkpoint (config, report, card): never this machine's path.
         table.name = source.name or local_name(table.name)
         aligned = align_source(
@@ -286,6 +286,8 @@ def _build(
             seed=config.seed,
             **source.projection.model_dump(),
         )
+        if projection.plan is not None:
+            aligned.table = None  # a plan reads the base's rows: the source's own are not needed past here
         assembly.add(DonorTables(aligned, coverage, projection, weights[index + 1], provenance))
         reports.append(SourceReport(name, kind, width, aligned.report, projection.report))
     result = FuseResult(None, target.saved_tokenizer, reports, modules, assembly.transfer_report())
@@ -301,7 +303,7 @@ def _read_tokenizer(source: SourceConfig) -> Any:
     return tokenizer
 
 
-def _read(source: SourceConfig) -> Any:
+def _read(source: SourceConfig, tokenizer: Any = None) -> Any:
     return read_source(
         source.path,
         kind=source.kind,
@@ -309,6 +311,7 @@ def _read(source: SourceConfig) -> Any:
         allow_pickle=source.allow_pickle,
         trust_remote_code=source.trust_remote_code,
         vocab_path=source.vocab_path,
+        tokenizer=tokenizer,
     )
 
 

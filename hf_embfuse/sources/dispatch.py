@@ -25,6 +25,7 @@ def read_source(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     vocab_path: str | os.PathLike | None = None,
+    tokenizer: Any = None,
 ) -> SourceTable:
     """Read a source's input-embedding table with the reader its path calls for.
 
@@ -40,6 +41,7 @@ def read_source(
         allow_pickle: allow `.bin`/`.pt` checkpoint weights (HF sources only).
         trust_remote_code: allow the checkpoint's custom tokenizer/model code (HF sources only).
         vocab_path: vocabulary of a `.npy` vectors file.
+        tokenizer: the source's tokenizer when the caller already holds it (model sources).
 
     Raises:
         FileNotFoundError: a local path that does not exist and is not a Hub repo id.
@@ -47,10 +49,16 @@ def read_source(
     """
     kind = kind or detect_source_kind(spec)
     if kind == "hf":
-        return read_hf_source(spec, revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return read_hf_source(
+            spec,
+            revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
+        )
     if kind == "gguf":
         path = Path(spec).expanduser()
-        return read_gguf_source(_single_gguf(path) if path.is_dir() else path)
+        return read_gguf_source(_single_gguf(path) if path.is_dir() else path, tokenizer=tokenizer)
     if kind == "vectors":
         return read_vectors_source(spec, vocab_path=vocab_path)
     raise ValueError(f"Unknown source kind {kind!r}; use one of {SOURCE_KINDS}.")

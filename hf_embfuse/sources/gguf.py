@@ -6,6 +6,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 EMBEDDING_TENSOR = "token_embd.weight"
 
 
-def read_gguf_source(path: str | os.PathLike) -> SourceTable:
+def read_gguf_source(path: str | os.PathLike, *, tokenizer: Any = None) -> SourceTable:
     """Read only the input-embedding table of a GGUF file, dequantised to float32, and its tokenizer.
 
     The tokenizer is converted by transformers the first time and cached as a plain tokenizer
@@ -28,6 +29,7 @@ def read_gguf_source(path: str | os.PathLike) -> SourceTable:
 
     Args:
         path: the `.gguf` file.
+        tokenizer: its tokenizer when the caller already holds it (not loaded a second time).
 
     Returns:
         A `SourceTable` of kind `"gguf"`; `metadata` records the GGUF's `general.name`,
@@ -51,7 +53,9 @@ def read_gguf_source(path: str | os.PathLike) -> SourceTable:
         )
     weight = read_tensor_float32(path, info)
     weight, transposed = _orient(weight, header, path)
-    tokenizer, cached = load_gguf_tokenizer(path)
+    cached = True
+    if tokenizer is None:
+        tokenizer, cached = load_gguf_tokenizer(path)
     if len(tokenizer) > weight.shape[0]:
         logger.warning(
             "%s: the tokenizer has %d tokens but the table only %d rows; ids past the table have no vector.",

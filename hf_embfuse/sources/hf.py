@@ -30,6 +30,7 @@ def read_hf_source(
     allow_pickle: bool = False,
     tensor_key: str | None = None,
     trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> SourceTable:
     """Read only the input-embedding table of a Hugging Face checkpoint, plus its tokenizer.
 
@@ -43,6 +44,7 @@ def read_hf_source(
         allow_pickle: also read `.bin`/`.pt` weights (via `torch.load(weights_only=True)`).
         tensor_key: the checkpoint key of the table, when automatic location is not wanted.
         trust_remote_code: allow the checkpoint's own Python code to build its tokenizer/architecture.
+        tokenizer: its tokenizer when the caller already holds it (not loaded a second time).
             Off by default, and then passed to transformers as an explicit `False`: custom code is
             neither run nor prompted for.
 
@@ -84,7 +86,8 @@ def read_hf_source(
         logger.info(
             "%s: %s has shape %s, the config says %s.", ckpt.name, key, tuple(weight.shape), hint.shape
         )
-    tokenizer = load_tokenizer(ckpt, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(ckpt, trust_remote_code=trust_remote_code)
     if len(tokenizer) > weight.shape[0]:
         logger.warning(
             "%s: the tokenizer has %d tokens but the table only %d rows; ids past the table have no vector.",

@@ -209,19 +209,12 @@ def anchor_neighbours(
             "anchors are rows covered by both the source and the base."
         )
 
-    needed_rows = source_table.detach().float()[needed.to(source_table.device)].cpu()
-    check_finite("source_table", needed_rows, needed)
-    n_zero = int((needed_rows.abs().sum(dim=1) == 0).sum())
-    if n_zero:
-        logger.warning("Transport: %d covered rows are all-zero; their neighbours are arbitrary.", n_zero)
-    if center:
-        needed_rows -= needed_rows.mean(0)
-    # Normalised in place: one vocabulary-sized copy of the rows, not two.
-    unit = needed_rows.div_(needed_rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    del needed_rows
-    anchor_unit = unit[torch.searchsorted(needed, anchor_ids)]
-    if needed.numel() != row_ids.numel():
-        unit = unit[torch.searchsorted(needed, row_ids)]
+    table = source_table.detach()
+    # The mean is over every row taking part (covered or anchor), as before; each set is then gathered once,
+    # centred and normalised in place: no float32 copy of the union beside the two.
+    mean = _mean_of(table, needed) if center else None
+    unit = _unit_rows(table, row_ids, mean)
+    anchor_unit = _unit_rows(table, anchor_ids, mean)
     # Position of each covered row among the anchors (-1 if not an anchor), to find "self".
     anchor_pos = torch.full((rows,), -1, dtype=torch.long)
     anchor_pos[anchor_ids] = torch.arange(n_anchors)
@@ -244,6 +237,25 @@ def anchor_neighbours(
     if exclude_self:
         cosines, positions = _drop_self(cosines, positions, own, k_eff)
     return Neighbours(row_ids, anchor_ids[positions], cosines, n_anchors, chosen, recall)
+
+
+def _mean_of(table: torch.Tensor, ids: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    total = torch.zeros(table.shape[1])
+    for start in range(0, ids.numel(), block):
+        total += table[ids[start : start + block].to(table.device)].float().sum(0).cpu()
+    return total / max(ids.numel(), 1)
+
+
+def _unit_rows(table: torch.Tensor, ids: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """Rows `ids` of `table` in float32, checked, centred by `mean` if given, normalised in place."""
+    rows = table[ids.to(table.device)].float().cpu()  # indexing copies: the caller's table is never changed
+    check_finite("source_table", rows, ids)
+    n_zero = int((rows.abs().sum(dim=1) == 0).sum())
+    if n_zero:
+        logger.warning("Transport: %d rows are all-zero; their neighbours are arbitrary.", n_zero)
+    if mean is not None:
+        rows -= mean
+    return rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 def faiss_available() -> bool:

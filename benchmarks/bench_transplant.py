@@ -474,10 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-added-tokens", action="store_true")
     parser.add_argument(
         "--rows",
-        nargs="+",
+        nargs="*",
         choices=("baselines", "tokensurgeon", "heal"),
         default=["baselines", "tokensurgeon", "heal"],
-        help="what to run besides own and ours (baselines: mean-init, FVT, donor only)",
+        help="what to run besides own and ours (baselines: mean-init, FVT, donor only); none: `--rows`",
     )
     parser.add_argument(
         "--only-tokensurgeon", action="store_true", help="run (and cache) tokensurgeon, then stop"

@@ -16,12 +16,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 _MARKER = "PEAK_RISE_BYTES="
+# The peak is read from /proc/self/status (VmHWM), not getrusage: ru_maxrss survives exec, so a child of a
+# large process (pytest after a few hundred tests) starts with its parent's peak and would show no rise.
+# Writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, so setup's own peak is not counted.
 _TEMPLATE = """
-import resource, sys
+import sys
 sys.path.insert(0, {repo!r})
 {setup}
 def _peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+try:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # the peak restarts from the current RSS
+except OSError:
+    pass  # then setup's own peak is the baseline
 _baseline = _peak()
 {code}
 print({marker!r} + str(_peak() - _baseline), flush=True)

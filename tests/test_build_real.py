@@ -1,22 +1,16 @@
 """The demo build on the real packaged models: MiniLM (base) + SmolLM2 (GGUF) + GloVe-50d."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from hf_embfuse.build import build_to_folder
-from hf_embfuse.recipe import load_recipe
 from tests.fresh_process import load_in_fresh_process
 
-RECIPE = Path(__file__).resolve().parents[1] / "examples" / "fused_minilm.yaml"
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "fused-minilm"
-    return out, build_to_folder(load_recipe(RECIPE), out)
+def built(demo_build):
+    return demo_build  # one build of the demo recipe per session (tests/fixtures_real.py)
 
 
 def test_coverage_of_real_sources(built):

@@ -382,13 +382,12 @@ def test_machine_paths_are_found_and_urls_are_not(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_demo_build_names_no_path_of_the_build_machine(tmp_path):
-    from hf_embfuse.build import build_to_folder
+def test_demo_build_names_no_path_of_the_build_machine(demo_build):
     from hf_embfuse.recipe import load_recipe
 
-    out = tmp_path / "fused-minilm"
+    out, _ = demo_build  # the session's one build of the demo recipe (tests/fixtures_real.py)
+    tmp_path = out.parent
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "fused_minilm.yaml")
-    build_to_folder(recipe, out)
     texts = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         with contextlib.suppress(UnicodeDecodeError):

@@ -58,7 +58,9 @@ def check_rebuild(recipe_path: Path, model: torch.nn.Module, weights: tuple[floa
     from hf_embfuse import fuse, load_recipe
 
     recipe = load_recipe(recipe_path)
-    rebuilt = fuse(recipe.base, recipe.model_copy(update={"mixing": "fixed", "base_weight": weights[0]})).model
+    rebuilt = fuse(
+        recipe.base, recipe.model_copy(update={"mixing": "fixed", "base_weight": weights[0]})
+    ).model
     set_fixed_weights(model, weights)
     ours = model.get_input_embeddings().fused_weight()
     theirs = rebuilt.get_input_embeddings().fused_weight()

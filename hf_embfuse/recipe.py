@@ -415,9 +415,7 @@ def validate_recipe(data: Any, what: str = "recipe", schema: type[FuseConfig] = 
                 str(part) for part in item["loc"] if str(part) not in PROJECTIONS or item["loc"][0] == part
             ]
             key = ".".join(loc) or "(recipe)"
-            message = (
-                "unknown key (not an option here)" if item["type"] == "extra_forbidden" else item["msg"]
-            )
+            message = "unknown key (not an option here)" if item["type"] == "extra_forbidden" else item["msg"]
             problems.append(f"  {key}: {message}")
         raise RecipeError(f"Invalid {what}:\n" + "\n".join(problems)) from None
 

@@ -7,7 +7,6 @@ This file is copied into every saved checkpoint and runs under `trust_remote_cod
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from typing import Any
 
@@ -264,7 +263,10 @@ class EmbFuseConfig(PretrainedConfig):
 @functools.cache
 def _pretrained_config_fields() -> frozenset[str]:
     """EmbFuse's fields, and those every `PretrainedConfig` holds itself (`architectures`, `id2label`, ...)."""
-    return frozenset(PretrainedConfig().__dict__) | frozenset(inspect.signature(EmbFuseConfig).parameters)
+    code = EmbFuseConfig.__init__.__code__  # its keyword parameters, read without `inspect` (shipped-file rule)
+    count = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & 0x4) + bool(code.co_flags & 0x8)
+    parameters = code.co_varnames[1:count]  # after `self`: named, keyword-only, *args and **kwargs
+    return frozenset(PretrainedConfig().__dict__) | frozenset(parameters)
 
 
 def _is_own_field(config_class: type, name: str) -> bool:

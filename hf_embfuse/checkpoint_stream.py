@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import torch
 
+from .sources._tensor_io import SAFETENSORS_DTYPES, _valid_entry, read_safetensors_header, readinto_exact
+
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # `PreTrainedModel.save_pretrained`'s default in transformers 5: in practice one file per model.
@@ -28,12 +30,7 @@ DEFAULT_MAX_SHARD_SIZE = "50GB"
 # safetensors dtype names <-> torch dtypes. A stored dtype missing here is still copied (its bytes are
 # opaque to the writer); only `load_stored` and new tensors need the torch dtype.
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+    **SAFETENSORS_DTYPES,  # the float ones, which the sources' reader knows
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -46,8 +43,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _CHUNK_BYTES = 16 << 20
-# A real header is a few MB at most; a larger length is a corrupt file.
-_MAX_HEADER_BYTES = 100 << 20
 _SHARD_PATTERN = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 _FIX = "Re-save or re-download the checkpoint."
 
@@ -80,27 +75,15 @@ class StoredTensor:
 def read_header(file: str | os.PathLike) -> dict[str, StoredTensor]:
     """Every tensor of one safetensors file, from its header, checked against the file's size.
 
+    The header is parsed and each entry checked by the readers the sources use (`sources/_tensor_io.py`).
+
     Raises:
         ValueError: the header is unreadable, malformed, or describes bytes the file does not hold (one line
             naming the file).
     """
     file = Path(file)
     size = file.stat().st_size
-    with file.open("rb") as handle:
-        raw = handle.read(8)
-        length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        if length < 2 or length > _MAX_HEADER_BYTES:
-            raise ValueError(f"{str(file)!r} is not a safetensors file (bad header length). {_FIX}")
-        if 8 + length > size:
-            raise ValueError(f"{str(file)!r} is truncated: it ends inside its {length}-byte header. {_FIX}")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{str(file)!r} has a damaged header ({error}). {_FIX}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{str(file)!r} has a damaged header (not a JSON object). {_FIX}")
-    header.pop("__metadata__", None)
-    data_start = 8 + length
+    header, data_start = read_safetensors_header(file)  # a SourceError (a ValueError) naming the file
     tensors = {}
     for key, entry in header.items():
         tensor = _stored_tensor(file, key, entry, data_start)
@@ -112,20 +95,10 @@ def read_header(file: str | os.PathLike) -> dict[str, StoredTensor]:
     return tensors
 
 
-def _stored_tensor(file: Path, key: str, entry: object, data_start: int) -> StoredTensor:
-    valid = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
-    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if valid else (None, None)
-    valid = (
-        valid
-        and isinstance(shape, list)
-        and all(type(d) is int and d >= 0 for d in shape)
-        and isinstance(offsets, list)
-        and len(offsets) == 2
-        and all(type(o) is int for o in offsets)
-        and 0 <= offsets[0] <= offsets[1]
-    )
-    if not valid:
+def _stored_tensor(file: Path, key: str, entry: dict, data_start: int) -> StoredTensor:
+    if not _valid_entry(entry):
         raise ValueError(f"{str(file)!r}: the header entry of tensor {key!r} is malformed. {_FIX}")
+    shape, offsets = entry["shape"], entry["data_offsets"]
     dtype = DTYPES.get(entry["dtype"])
     numel = 1
     for dim in shape:
@@ -229,19 +202,8 @@ def _read(tensor: StoredTensor, offset: int, nbytes: int, shape: tuple[int, ...]
     out = torch.empty(nbytes, dtype=torch.uint8)
     with tensor.file.open("rb", buffering=0) as handle:
         handle.seek(offset)
-        _readinto_exact(handle, memoryview(out.numpy()), tensor.file)
+        readinto_exact(handle, memoryview(out.numpy()), tensor.file)  # a SourceError (a ValueError) if short
     return out.view(dtype).reshape(shape)
-
-
-def _readinto_exact(handle: BinaryIO, target: memoryview, file: Path) -> None:
-    filled = 0
-    while filled < len(target):
-        got = handle.readinto(target[filled:])
-        if not got:
-            raise ValueError(
-                f"{str(file)!r} ended early while reading a tensor; the file is truncated. {_FIX}"
-            )
-        filled += got
 
 
 # --- writing -------------------------------------------------------------------------------------------

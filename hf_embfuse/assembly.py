@@ -17,8 +17,9 @@ at a time, every other tensor copied byte for byte from the base's shards (`buil
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,16 @@ class Assembly:
     def width(self) -> int:
         return self.base.width
 
-    def _nobody(self) -> torch.Tensor:
-        """Target rows neither the base nor any donor has."""
-        covered = self.layout.coverage.clone()
+    def _donors_have(self) -> torch.Tensor:
+        """Target rows at least one donor fills."""
+        covered = torch.zeros(self.layout.num_rows, dtype=torch.bool)
         for donor in self.donors:
             covered |= donor.coverage
-        return ~covered
+        return covered
+
+    def _nobody(self) -> torch.Tensor:
+        """Target rows neither the base nor any donor has."""
+        return ~(self.layout.coverage | self._donors_have())
 
     def base_coverage(self) -> torch.Tensor:
         """Source 0's coverage: its own rows, and the mean rows it gives what nobody has."""
@@ -313,19 +318,13 @@ class Assembly:
             return {}
         logger.info("Newly initialised (not in the base checkpoint): %s", ", ".join(names))
         base = wrapper.get_submodule(wrapper.base_model_prefix)
-        out = {}
         with _seeded(self.recipe.seed):
             for module_name in sorted({name.rsplit(".", 1)[0] for name in names}):
                 module = wrapper.get_submodule(module_name)
                 module.to_empty(device="cpu", recurse=False)
                 base._init_weights(module)
-        for name in names:
-            out[name] = (
-                wrapper.get_parameter(name).detach()
-                if name in dict(wrapper.named_parameters())
-                else wrapper.get_buffer(name)
-            )
-        return out
+        state = wrapper.state_dict()  # parameters and buffers alike; the rest are still on the meta device
+        return {name: state[name] for name in names}
 
     # --- reports -------------------------------------------------------------------------------------------
 
@@ -334,12 +333,9 @@ class Assembly:
         rows = {}
         if layout.aligned is not None:
             rows["base"] = row_counts(layout.aligned)
-            filled = ~layout.coverage
-            covered = torch.zeros_like(filled)
-            for donor in self.donors:
-                covered |= donor.coverage
+            filled = ~layout.coverage & self._donors_have()
             rows["base"].update(
-                filled_from_donors=int((filled & covered).sum()), mean_initialised=int(self._nobody().sum())
+                filled_from_donors=int(filled.sum()), mean_initialised=int(self._nobody().sum())
             )
         for donor in self.donors:
             plan = donor.projection.plan
@@ -387,16 +383,9 @@ def _mean_mixing_weights(config: EmbFuseConfig, coverage: torch.Tensor, width: i
     return total / max(coverage.shape[0], 1)
 
 
-class _seeded:
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
     """Seed torch's RNG for a block and restore it after: the build never reseeds the caller's generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        self._fork = torch.random.fork_rng()
-        self._fork.__enter__()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: object) -> None:
-        self._fork.__exit__(*exc)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield

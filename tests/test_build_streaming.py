@@ -122,3 +122,26 @@ recipe = Recipe(base={str(base)!r}, task="causal-lm",
     rise = peak_rise(f"build_to_folder(recipe, {str(tmp_path / 'fused')!r})", setup)
     assert (tmp_path / "fused" / "config.json").is_file()
     assert rise < body / 3, f"peak rose by {rise / 1e6:.0f} MB for a {body / 1e6:.0f} MB body"
+
+
+def test_a_head_the_base_lacks_is_initialised_once_and_as_in_memory(tmp_path):
+    """A classifier the base checkpoint has no tensor for is made by the build from `seed`: two streamed builds
+    write the same one, and it is the one `fuse()` makes in memory."""
+    from hf_embfuse import fuse
+    from tests.fixtures_models import tiny_base
+
+    tokenizer = make_bpe_tokenizer()
+    tiny_base("llama", "base", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    recipe = Recipe(
+        base=str(tmp_path / "base"),
+        task="sequence-classification",
+        num_labels=3,
+        vocabulary=VocabularyConfig(added_tokens=[" catdog"]),
+    )
+    first = build_to_folder(recipe, tmp_path / "a")
+    assert "model.score.weight" in _tensors(tmp_path / "a")
+    second = build_to_folder(recipe, tmp_path / "b")
+    in_memory = fuse(recipe.base, recipe).model
+    assert torch.equal(first.model.score.weight, second.model.score.weight)
+    assert torch.equal(first.model.score.weight, in_memory.score.weight)

@@ -263,7 +263,9 @@ class EmbFuseConfig(PretrainedConfig):
 @functools.cache
 def _pretrained_config_fields() -> frozenset[str]:
     """EmbFuse's fields, and those every `PretrainedConfig` holds itself (`architectures`, `id2label`, ...)."""
-    code = EmbFuseConfig.__init__.__code__  # its keyword parameters, read without `inspect` (shipped-file rule)
+    code = (
+        EmbFuseConfig.__init__.__code__
+    )  # its keyword parameters, read without `inspect` (shipped-file rule)
     count = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & 0x4) + bool(code.co_flags & 0x8)
     parameters = code.co_varnames[1:count]  # after `self`: named, keyword-only, *args and **kwargs
     return frozenset(PretrainedConfig().__dict__) | frozenset(parameters)
